@@ -1,0 +1,1 @@
+"""Interlace: a FHIR-native interoperability facade server."""

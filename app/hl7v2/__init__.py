@@ -1,0 +1,1 @@
+"""Interlace hl7v2."""
