@@ -1,0 +1,1 @@
+"""MLLP transport tests."""
