@@ -1,1 +1,47 @@
 """Interlace: a FHIR-native interoperability facade server."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from app.config import Settings
+
+API_VERSION = "0.1.0"
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a large transaction Bundle; werkzeug answers 413 beyond
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    """The Flask application: FHIR API at ``/fhir``, OpenAPI at ``/openapi.json``, OperationOutcome errors.
+
+    ``settings`` default to the environment (``app.config.load_settings``); ``overrides`` replace single fields
+    (``create_app(auth=False, database_url=...)``). The built services are in ``app.extensions["interlace"]``.
+    """
+    # Imported here so that ``import app`` (e.g. by the CLI or the MLLP listener) stays cheap.
+    from flask import Flask
+
+    from app.api import errors as api_errors
+    from app.api import fhir_rest
+    from app.config import load_settings
+    from app.wiring import build_services
+
+    settings = settings if settings is not None else load_settings()
+    if overrides:
+        settings = settings.with_overrides(**overrides)
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="Interlace FHIR API",
+        API_VERSION=API_VERSION,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+    )
+    services = build_services(settings)
+    app.extensions["interlace"] = services
+    api = api_errors.FhirApi(app)
+    api.register_blueprint(fhir_rest.create_blueprint(services.router, settings))
+    api_errors.register_error_handlers(app)
+    return app

@@ -1,0 +1,1103 @@
+"""The FHIR RESTful API as a plain function of a request: no web framework inside.
+
+Like Medplum's fhir-router, ``FhirRouter.handle(FhirRequest) -> FhirResponse`` maps a method, a path relative
+to the FHIR base, a query multidict, headers and body bytes to a status, headers and a body. The Flask edge
+(``app.api.fhir_rest``) only translates HTTP to and from these objects, so every interaction here can be
+tested without a server, and batch/transaction entries reuse the same handlers.
+
+Handlers are named after the interactions of https://hl7.org/fhir/R4/http.html. Errors are ``app.fhir.errors``
+types only; ``handle`` turns them into OperationOutcome responses.
+
+Conditional create/update/delete/patch are written once here, on top of ``StoreSession.search`` and
+``StoreSession.lock``: the lock on ``Type?<canonical criteria>`` is taken *before* searching, inside the write
+session that then writes, so concurrent identical conditional requests are serialised and cannot both create.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import orjson
+
+from app.fhir import bundle as fhir_bundle
+from app.fhir import model as fhir_model
+from app.fhir import patch as fhir_patch
+from app.fhir import search as fhir_search
+from app.fhir.capability import capability_statement
+from app.fhir.errors import (
+    BadRequest,
+    FhirError,
+    Gone,
+    MethodNotAllowed,
+    NotFound,
+    NotImplementedInteraction,
+    PreconditionFailed,
+    UnsupportedMediaType,
+    informational,
+)
+from app.fhir.store import ResourceStore, StoredResource, StoreSession, iter_pages
+from app.fhir.values import parse_date_range
+
+# Interactions this router serves, as CapabilityStatement codes (type level / system level).
+TYPE_INTERACTIONS: tuple[str, ...] = (
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
+SYSTEM_INTERACTIONS: tuple[str, ...] = ("transaction", "batch", "search-system", "history-system")
+
+log = logging.getLogger("interlace.rest")
+
+JSON_PATCH = "application/json-patch+json"
+FORM = "application/x-www-form-urlencoded"
+# Parameters about the HTTP exchange, not the search: the edge handles them, the search parser never sees them.
+_HTTP_PARAMS = frozenset({"_format", "_pretty"})
+CURSOR_PARAM = "_cursor"
+
+
+# ---------------------------------------------------------------------------------------------- request/response
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only header map (HTTP header names are case-insensitive)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] | None = None) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else (items or ())
+        self._d: dict[str, str] = {k.lower(): v for k, v in pairs}
+
+    def __getitem__(self, key: str) -> str:
+        return self._d[key.lower()]
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._d.get(key.lower(), default)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._d
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._d!r})"
+
+
+@dataclass
+class FhirRequest:
+    """One FHIR interaction request. ``path`` is relative to the FHIR base (``Patient/1``, ``metadata``, ``""``)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]] = field(default_factory=dict)
+    # any case-insensitive mapping (``Headers``, werkzeug's ``EnvironHeaders``); a plain dict is wrapped
+    headers: Mapping[str, str] = field(default_factory=Headers)
+    body: bytes = b""
+    base_url: str = ""
+    # A body that is already parsed (batch/transaction entries): skips decoding, still validated.
+    resource: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.headers, dict):
+            self.headers = Headers(self.headers)
+        self.method = self.method.upper()
+
+
+@dataclass
+class FhirResponse:
+    """``body`` is a JSON-ready dict, already-serialised JSON bytes (served as-is), or None (no body)."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | bytes | None = None
+
+    def json(self) -> dict[str, Any] | None:
+        if self.body is None or isinstance(self.body, dict):
+            return self.body
+        return orjson.loads(self.body)
+
+
+def error_response(exc: FhirError) -> FhirResponse:
+    return FhirResponse(exc.status, dict(exc.headers), exc.to_outcome())
+
+
+# ---------------------------------------------------------------------------------------------- small helpers
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(dt: datetime) -> str:
+    """RFC 7231 IMF-fixdate, e.g. ``Tue, 01 Dec 2026 20:00:00 GMT`` (locale-free; on every read, so kept cheap)."""
+    u = dt.astimezone(UTC) if dt.tzinfo is not UTC else dt
+    return (
+        f"{_DAYS[u.weekday()]}, {u.day:02d} {_MONTHS[u.month - 1]} {u.year:04d} "
+        f"{u.hour:02d}:{u.minute:02d}:{u.second:02d} GMT"
+    )
+
+
+def parse_etag(value: str, header: str = "If-Match") -> int:
+    """``W/"3"``, ``"3"`` or ``3`` -> 3."""
+    raw = value.strip()
+    if raw.startswith(("W/", "w/")):
+        raw = raw[2:]
+    raw = raw.strip().strip('"')
+    if not raw.isdigit():
+        raise BadRequest(f'{header}: expected a version ETag like W/"3", got {value!r}')
+    return int(raw)
+
+
+def parse_prefer(value: str | None) -> dict[str, str]:
+    """``return=minimal, handling=lenient`` -> {"return": "minimal", "handling": "lenient"}."""
+    out: dict[str, str] = {}
+    if not value:
+        return out
+    for part in value.replace(";", ",").split(","):
+        name, _, val = part.strip().partition("=")
+        if name:
+            out[name.strip().lower()] = val.strip().strip('"').lower()
+    return out
+
+
+def parse_query_string(qs: str) -> dict[str, list[str]]:
+    return parse_qs(qs, keep_blank_values=True)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _parse_instant(name: str, value: str) -> datetime:
+    try:
+        low, _ = parse_date_range(value)
+    except ValueError:
+        raise BadRequest(f"{name}={value!r}: expected a FHIR instant such as 2024-01-31T12:00:00Z") from None
+    return low.replace(tzinfo=UTC)
+
+
+def _single(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"{name} may appear only once")
+    return values[0]
+
+
+def _with_expression(exc: FhirError, prefix: str) -> FhirError:
+    """Point every error issue at the entry ``prefix`` (``Bundle.entry[3]``): the bare entry path first, then each
+    original expression re-rooted under it (``Patient.active`` -> ``Bundle.entry[3].resource.active``)."""
+
+    def reroot(expression: str) -> str:
+        if expression.startswith("Bundle.entry["):
+            return expression
+        head, dot, rest = expression.partition(".")
+        if head[:1].isupper():  # rooted at the resource type
+            return f"{prefix}.resource{dot}{rest}"
+        return f"{prefix}.{expression}"
+
+    issues = []
+    for issue in exc.issues:
+        if issue.severity in ("error", "fatal"):
+            rerooted = tuple(reroot(e) for e in issue.expression)
+            issue = replace(issue, expression=(prefix, *(e for e in rerooted if e != prefix)))
+        issues.append(issue)
+    exc.issues = issues
+    return exc
+
+
+def _walk_strings(node: Any, fn: Callable[[str, str], str | None], key: str = "") -> Any:
+    """Rebuild ``node`` with every string value passed through ``fn(key, value)`` (None keeps it)."""
+    if isinstance(node, dict):
+        return {k: _walk_strings(v, fn, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_walk_strings(v, fn, key) for v in node]
+    if isinstance(node, str):
+        new = fn(key, node)
+        return node if new is None else new
+    return node
+
+
+def _version_headers(stored: StoredResource, base_url: str, *, location: bool = False) -> dict[str, str]:
+    headers = {"ETag": stored.etag, "Last-Modified": http_date(stored.last_updated)}
+    if location:
+        url = f"{base_url}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
+        headers["Location"] = url
+        headers["Content-Location"] = url
+    return headers
+
+
+# ---------------------------------------------------------------------------------------------- the router
+
+
+@dataclass
+class _Entry:
+    """One batch/transaction entry, decoded."""
+
+    index: int
+    method: str
+    url: str
+    request: FhirRequest
+    full_url: str | None = None
+    resource: dict[str, Any] | None = None
+    resource_type: str | None = None
+    id: str | None = None
+    conditional: dict[str, list[str]] | None = None  # PUT/DELETE/PATCH Type?criteria
+    # transaction identity resolution
+    existing: StoredResource | None = None  # conditional create/update that matched
+    assigned_id: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+_METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+class FhirRouter:
+    """Serves the FHIR RESTful API over a ``ResourceStore``."""
+
+    def __init__(
+        self,
+        store: ResourceStore,
+        registry: Any,
+        *,
+        default_count: int = 20,
+        max_count: int = 1000,
+        software_version: str = "0.1.0",
+    ) -> None:
+        self.store = store
+        self.software_version = software_version
+        self.registry = registry
+        self.default_count = default_count
+        self.max_count = max_count
+        self.resource_types: frozenset[str] = frozenset(registry.resource_types)
+        self._all_types: tuple[str, ...] = tuple(sorted(self.resource_types))
+        self._capabilities: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ entry point
+
+    def handle(self, req: FhirRequest) -> FhirResponse:
+        """Serve one request; every FhirError becomes an OperationOutcome response."""
+        try:
+            return self._dispatch(req, None)
+        except FhirError as exc:
+            return error_response(exc)
+
+    def _dispatch(self, req: FhirRequest, session: StoreSession | None) -> FhirResponse:
+        parts = [p for p in req.path.strip("/").split("/") if p] if req.path else []
+        method = req.method
+        n = len(parts)
+        if n == 0:
+            if method == "GET":
+                return self.search_system(req, session)
+            if method == "POST":
+                if session is not None:
+                    raise BadRequest("A batch or transaction cannot be nested inside another")
+                return self.batch_or_transaction(req)
+            raise MethodNotAllowed(f"{method} is not allowed on the server base")
+        head = parts[0]
+        if head == "metadata":
+            if n == 1 and method == "GET":
+                return self.capabilities(req)
+            raise MethodNotAllowed(f"{method} /{req.path.strip('/')} is not allowed")
+        if head == "_history":
+            if n == 1 and method == "GET":
+                return self.history_system(req, session)
+            raise MethodNotAllowed(f"{method} /_history is not allowed")
+        if head == "_search" and n == 1 and method == "POST":
+            return self.search_system(req, session)
+        if head.startswith("$") or (n > 1 and parts[-1].startswith("$")):
+            raise NotImplementedInteraction(f"Operation {parts[-1] if n > 1 else head} is not supported")
+        rtype = self._check_type(head)
+        if n == 1:
+            if method == "GET":
+                return self.search_type(req, rtype, session)
+            if method == "POST":
+                return self.create(req, rtype, session)
+            if method == "PUT":
+                return self.conditional_update(req, rtype, session)
+            if method == "DELETE":
+                return self.conditional_delete(req, rtype, session)
+            if method == "PATCH":
+                return self.conditional_patch(req, rtype, session)
+            raise MethodNotAllowed(f"{method} is not allowed on {rtype}")
+        second = parts[1]
+        if n == 2 and second == "_search":
+            if method in ("POST", "GET"):
+                return self.search_type(req, rtype, session)
+            raise MethodNotAllowed(f"{method} is not allowed on {rtype}/_search")
+        if n == 2 and second == "_history":
+            if method == "GET":
+                return self.history_type(req, rtype, session)
+            raise MethodNotAllowed(f"{method} is not allowed on {rtype}/_history")
+        rid = second
+        if n == 2:
+            if method in ("GET", "HEAD"):
+                return self.read(req, rtype, rid, session)
+            if method == "PUT":
+                return self.update(req, rtype, rid, session)
+            if method == "DELETE":
+                return self.delete(req, rtype, rid, session)
+            if method == "PATCH":
+                return self.patch(req, rtype, rid, session)
+            raise MethodNotAllowed(f"{method} is not allowed on {rtype}/{rid}")
+        if parts[2] == "_history":
+            if n == 3 and method == "GET":
+                return self.history_instance(req, rtype, rid, session)
+            if n == 4 and method in ("GET", "HEAD"):
+                return self.vread(req, rtype, rid, parts[3], session)
+            raise MethodNotAllowed(f"{method} is not allowed on {req.path}")
+        raise NotFound(f"No FHIR interaction at {req.path!r}")
+
+    def _check_type(self, rtype: str) -> str:
+        if rtype in self.resource_types:
+            return rtype
+        if rtype in fhir_model.R4_RESOURCE_TYPES:
+            raise NotFound(
+                f"Resource type {rtype} exists in FHIR R4 but not in R4B, whose models Interlace uses; "
+                "it is not supported",
+                details_code="unsupported-resource-type",
+            )
+        raise NotFound(f"Unknown resource type {rtype}", details_code="unknown-resource-type")
+
+    def _session(self, session: StoreSession | None, *, write: bool) -> AbstractContextManager[StoreSession]:
+        return nullcontext(session) if session is not None else self.store.session(write=write)
+
+    # ------------------------------------------------------------------ body handling
+
+    def _body_resource(self, req: FhirRequest, rtype: str) -> dict[str, Any]:
+        """The validated resource in the request body (a copy we may change); its type must be the URL's."""
+        raw: Any = req.resource
+        if raw is None:
+            if not req.body or not req.body.strip():
+                raise BadRequest("The request body is empty; a FHIR resource is required")
+            raw = req.body
+        return dict(fhir_model.parse_resource(raw, expected_type=rtype))
+
+    def _respond_with(
+        self, req: FhirRequest, stored: StoredResource, status: int, *, location: bool = True
+    ) -> FhirResponse:
+        """Response for create/update/patch, honouring ``Prefer: return=``."""
+        headers = _version_headers(stored, req.base_url, location=location)
+        pref = parse_prefer(req.headers.get("prefer")).get("return", "representation")
+        if pref == "minimal":
+            return FhirResponse(status, headers, None)
+        if pref == "operationoutcome":
+            verb = "Created" if status == 201 else "Updated"
+            return FhirResponse(
+                status, headers, informational(f"{verb} {stored.reference}/_history/{stored.version_id}")
+            )
+        return FhirResponse(status, headers, stored.content)
+
+    def _if_match(self, req: FhirRequest) -> int | None:
+        value = req.headers.get("if-match")
+        return parse_etag(value) if value else None
+
+    # ------------------------------------------------------------------ capabilities
+
+    def capabilities(self, req: FhirRequest) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#capabilities -- generated from the registry, cached per base URL."""
+        cached = self._capabilities.get(req.base_url)
+        if cached is None:
+            cached = capability_statement(
+                self.registry,
+                base_url=req.base_url,
+                software_version=self.software_version,
+                interactions=TYPE_INTERACTIONS,
+                system_interactions=SYSTEM_INTERACTIONS,
+                conditional_create=True,
+                conditional_update=True,
+                conditional_delete="multiple",
+            )
+            if len(self._capabilities) >= 8:  # the base URL may come from the Host header: bound the cache
+                self._capabilities.clear()
+            self._capabilities[req.base_url] = cached
+        return FhirResponse(200, {}, cached)
+
+    # ------------------------------------------------------------------ instance level
+
+    def read(self, req: FhirRequest, rtype: str, rid: str, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#read -- content bytes are served exactly as stored."""
+        with self._session(session, write=False) as s:
+            stored = s.read(rtype, rid)
+        return self._conditional_read(req, stored)
+
+    def vread(
+        self, req: FhirRequest, rtype: str, rid: str, vid: str, session: StoreSession | None = None
+    ) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#vread"""
+        if not vid.isdigit():
+            raise NotFound(f"{rtype}/{rid} has no version {vid!r}")
+        with self._session(session, write=False) as s:
+            stored = s.vread(rtype, rid, int(vid))
+        if stored.deleted:
+            raise Gone(
+                f"{rtype}/{rid}/_history/{vid} is a deletion",
+                headers={"ETag": stored.etag, "Last-Modified": http_date(stored.last_updated)},
+            )
+        response = self._conditional_read(req, stored)
+        response.headers["Content-Location"] = f"{req.base_url}/{rtype}/{rid}/_history/{stored.version_id}"
+        return response
+
+    def _conditional_read(self, req: FhirRequest, stored: StoredResource) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#cread -- If-None-Match / If-Modified-Since -> 304."""
+        headers = {"ETag": stored.etag, "Last-Modified": http_date(stored.last_updated)}
+        h = req.headers
+        inm = h.get("if-none-match")
+        if inm is not None:
+            tags = {t.strip() for t in inm.split(",")}
+            if "*" in tags or any(_same_version(t, stored.version_id) for t in tags):
+                return FhirResponse(304, headers, None)
+        else:
+            ims = h.get("if-modified-since")
+            if ims:
+                try:
+                    since = parsedate_to_datetime(ims)
+                except (TypeError, ValueError):
+                    since = None
+                if since is not None:
+                    if since.tzinfo is None:
+                        since = since.replace(tzinfo=UTC)
+                    if stored.last_updated.replace(microsecond=0) <= since:
+                        return FhirResponse(304, headers, None)
+        if req.method == "HEAD":
+            return FhirResponse(200, headers, None)
+        return FhirResponse(200, headers, stored.content)
+
+    def update(self, req: FhirRequest, rtype: str, rid: str, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#update -- also update-as-create with a client-chosen id."""
+        resource = self._body_resource(req, rtype)
+        body_id = resource.get("id")
+        if body_id is None:
+            raise BadRequest(
+                f"The body has no id; PUT {rtype}/{rid} needs id {rid!r} in the resource", expression=("id",)
+            )
+        if body_id != rid:
+            raise BadRequest(
+                f"The body's id {body_id!r} does not match the URL's id {rid!r}", expression=(f"{rtype}.id",)
+            )
+        if_match = self._if_match(req)
+        with self._session(session, write=True) as s:
+            stored, created = s.update(resource, if_match=if_match)
+        return self._respond_with(req, stored, 201 if created else 200)
+
+    def delete(self, req: FhirRequest, rtype: str, rid: str, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#delete -- later reads answer 410 Gone."""
+        if_match = self._if_match(req)
+        with self._session(session, write=True) as s:
+            deleted = s.delete(rtype, rid, if_match=if_match)
+        return self._deleted_response(req, [deleted] if deleted else [], f"{rtype}/{rid}")
+
+    def _deleted_response(self, req: FhirRequest, deleted: list[StoredResource], what: str) -> FhirResponse:
+        headers: dict[str, str] = {}
+        if len(deleted) == 1:
+            headers["ETag"] = deleted[0].etag
+        if parse_prefer(req.headers.get("prefer")).get("return") == "minimal":
+            return FhirResponse(204, headers, None)
+        if not deleted:
+            text = f"Nothing to delete: {what} matched no current resource"
+        elif len(deleted) == 1:
+            text = f"Deleted {deleted[0].reference}"
+        else:
+            text = f"Deleted {len(deleted)} resources matching {what}"
+        return FhirResponse(200, headers, informational(text))
+
+    def patch(self, req: FhirRequest, rtype: str, rid: str, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#patch -- JSON Patch (RFC 6902)."""
+        operations = self._patch_document(req)
+        if_match = self._if_match(req)
+        with self._session(session, write=True) as s:
+            current = s.read(rtype, rid)
+            stored = self._apply_patch(s, current, operations, if_match)
+        return self._respond_with(req, stored, 200)
+
+    def _patch_document(self, req: FhirRequest) -> Any:
+        """The JSON Patch operations: the body, or a transaction entry's Binary."""
+        if req.resource is not None:
+            return _patch_from_entry_resource(req.resource)
+        media = _media_type(req.headers.get("content-type"))
+        if media and media != JSON_PATCH:
+            raise UnsupportedMediaType(
+                f"PATCH needs Content-Type {JSON_PATCH} (JSON Patch); {media} is not supported "
+                "(FHIRPath Patch is not implemented)"
+            )
+        return req.body or b""
+
+    def _apply_patch(
+        self, s: StoreSession, current: StoredResource, operations: Any, if_match: int | None
+    ) -> StoredResource:
+        if if_match is not None and if_match != current.version_id:
+            raise PreconditionFailed(
+                f'If-Match W/"{if_match}" does not match the current version {current.etag} of {current.reference}'
+            )
+        # apply_patch validates the result and refuses changes of resourceType/id
+        patched = fhir_patch.apply_patch(current.as_dict(), operations)
+        stored, _ = s.update(patched, if_match=current.version_id, method="PATCH")
+        return stored
+
+    # ------------------------------------------------------------------ type level
+
+    def create(self, req: FhirRequest, rtype: str, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#create and #ccreate (``If-None-Exist``)."""
+        resource = self._body_resource(req, rtype)
+        resource.pop("id", None)  # the server assigns the id of a created resource
+        if_none_exist = req.headers.get("if-none-exist")
+        with self._session(session, write=True) as s:
+            if if_none_exist:
+                matches = self._conditional_matches(
+                    s, rtype, _criteria(if_none_exist, rtype), "If-None-Exist", base_url=req.base_url
+                )
+                if len(matches) == 1:
+                    return self._respond_with(req, matches[0], 200)
+            stored = s.create(resource)
+        return self._respond_with(req, stored, 201)
+
+    def _conditional_matches(
+        self,
+        s: StoreSession,
+        rtype: str,
+        criteria: dict[str, list[str]],
+        what: str,
+        *,
+        limit: int = 2,
+        base_url: str = "",
+    ) -> list[StoredResource]:
+        """Lock ``Type?criteria`` then search: up to ``limit`` matches; PreconditionFailed if more than one
+        when ``limit`` is 2 (the single-match interactions)."""
+        criteria = {k: v for k, v in criteria.items() if k not in _HTTP_PARAMS}
+        if not criteria:
+            raise BadRequest(f"{what} needs search criteria (e.g. identifier=system|value)")
+        query = fhir_search.parse_search(
+            (rtype,),
+            criteria,
+            self.registry,
+            lenient=False,
+            default_count=min(limit, self.max_count),
+            max_count=self.max_count,
+            base_url=base_url,
+        )
+        query = replace(query, count=limit, cursor=None, includes=(), sort=())
+        s.lock(f"{rtype}?{query.canonical}")
+        if limit > 2:
+            return list(iter_pages(s, query))
+        matches = s.search(query).matches
+        if len(matches) > 1:
+            raise PreconditionFailed(f"{what} criteria {rtype}?{query.canonical} matched more than one resource")
+        return matches
+
+    def conditional_update(self, req: FhirRequest, rtype: str, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#cond-update -- ``PUT Type?criteria``."""
+        if not req.query:
+            raise MethodNotAllowed(f"PUT {rtype} needs an id (PUT {rtype}/id) or search criteria (PUT {rtype}?...)")
+        resource = self._body_resource(req, rtype)
+        if_match = self._if_match(req)
+        with self._session(session, write=True) as s:
+            matches = self._conditional_matches(s, rtype, req.query, "Conditional update", base_url=req.base_url)
+            body_id = resource.get("id")
+            if matches:
+                found = matches[0]
+                if body_id is not None and body_id != found.id:
+                    raise BadRequest(
+                        f"The body's id {body_id!r} differs from {found.reference}, the resource the criteria matched",
+                        expression=(f"{rtype}.id",),
+                    )
+                resource["id"] = found.id
+                stored, created = s.update(resource, if_match=if_match)
+            elif body_id is not None:
+                stored, created = s.update(resource, if_match=if_match)
+            else:
+                stored, created = s.create(resource), True
+        return self._respond_with(req, stored, 201 if created else 200)
+
+    def conditional_delete(self, req: FhirRequest, rtype: str, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#cdelete -- deletes every match (single and multiple)."""
+        if not req.query:
+            raise MethodNotAllowed(f"DELETE {rtype} needs an id or search criteria; deleting a whole type is refused")
+        if_match = self._if_match(req)
+        with self._session(session, write=True) as s:
+            matches = self._conditional_matches(
+                s, rtype, req.query, "Conditional delete", limit=self.max_count, base_url=req.base_url
+            )
+            if if_match is not None and len(matches) > 1:
+                raise PreconditionFailed("If-Match cannot apply to a conditional delete that matches several resources")
+            deleted = [d for m in matches if (d := s.delete(rtype, m.id, if_match=if_match)) is not None]
+        criteria = "&".join(f"{k}={v}" for k, vs in req.query.items() for v in vs)
+        return self._deleted_response(req, deleted, f"{rtype}?{criteria}")
+
+    def conditional_patch(self, req: FhirRequest, rtype: str, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#patch -- ``PATCH Type?criteria`` (exactly one match)."""
+        if not req.query:
+            raise MethodNotAllowed(f"PATCH {rtype} needs an id or search criteria")
+        operations = self._patch_document(req)
+        if_match = self._if_match(req)
+        with self._session(session, write=True) as s:
+            matches = self._conditional_matches(s, rtype, req.query, "Conditional patch", base_url=req.base_url)
+            if not matches:
+                raise NotFound(f"Conditional patch: no {rtype} matches the criteria")
+            stored = self._apply_patch(s, matches[0], operations, if_match)
+        return self._respond_with(req, stored, 200)
+
+    # ------------------------------------------------------------------ search
+
+    def _search_params(self, req: FhirRequest) -> dict[str, list[str]]:
+        params = {k: list(v) for k, v in req.query.items() if k not in _HTTP_PARAMS}
+        if req.method == "POST":
+            media = _media_type(req.headers.get("content-type"))
+            if req.body and req.body.strip():
+                if media != FORM:
+                    raise UnsupportedMediaType(f"POST _search needs Content-Type {FORM}, not {media or 'none'}")
+                for k, vs in parse_query_string(req.body.decode("utf-8", "replace")).items():
+                    if k not in _HTTP_PARAMS:
+                        params.setdefault(k, []).extend(vs)
+        return params
+
+    def _parse_search(self, req: FhirRequest, types: tuple[str, ...]) -> tuple[Any, bool]:
+        handling = parse_prefer(req.headers.get("prefer")).get("handling", "strict")
+        lenient = handling == "lenient"
+        query = fhir_search.parse_search(
+            types,
+            self._search_params(req),
+            self.registry,
+            lenient=lenient,
+            default_count=self.default_count,
+            max_count=self.max_count,
+            base_url=req.base_url,
+        )
+        return query, lenient
+
+    def search_type(self, req: FhirRequest, rtype: str, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#search -- ``GET Type?`` and ``POST Type/_search``."""
+        query, _ = self._parse_search(req, (rtype,))
+        return self._run_search(req, query, session, rtype)
+
+    def search_system(self, req: FhirRequest, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#search -- system level ``GET [base]?``."""
+        query, _ = self._parse_search(req, self._all_types)
+        return self._run_search(req, query, session, "")
+
+    def _run_search(self, req: FhirRequest, query: Any, session: StoreSession | None, path: str) -> FhirResponse:
+        with self._session(session, write=False) as s:
+            page = s.search(query)
+        # parameters ignored under lenient handling are reported by the bundle as a search.mode=outcome entry
+        return FhirResponse(200, {}, fhir_bundle.searchset(page, query, req.base_url, resource_type_path=path))
+
+    # ------------------------------------------------------------------ history
+
+    def _history(
+        self,
+        req: FhirRequest,
+        session: StoreSession | None,
+        *,
+        resource_type: str | None = None,
+        id: str | None = None,
+    ) -> FhirResponse:
+        q = req.query
+        since = _single(q, "_since")
+        at = _single(q, "_at")
+        count_raw = _single(q, "_count")
+        cursor = _single(q, CURSOR_PARAM)
+        count = self.default_count
+        if count_raw is not None:
+            if not count_raw.isdigit():
+                raise BadRequest(f"_count={count_raw!r}: expected a whole number")
+            count = min(int(count_raw), self.max_count)
+        with self._session(session, write=False) as s:
+            page = s.history(
+                resource_type=resource_type,
+                id=id,
+                since=_parse_instant("_since", since) if since else None,
+                at=_parse_instant("_at", at) if at else None,
+                count=count,
+                cursor=cursor,
+            )
+            if resource_type and id and not page.entries:
+                s.vread(resource_type, id, 1)  # NotFound when the resource never existed
+        path = "/".join(p for p in (resource_type, id) if p)
+        self_params = [(k, v) for k in ("_since", "_at", "_count") for v in q.get(k, [])]
+        self_link = f"{req.base_url}/{path + '/' if path else ''}_history"
+        if self_params:
+            self_link += "?" + urlencode(self_params)
+        return FhirResponse(200, {}, fhir_bundle.history_bundle(page, req.base_url, self_link))
+
+    def history_instance(
+        self, req: FhirRequest, rtype: str, rid: str, session: StoreSession | None = None
+    ) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#history -- ``GET Type/id/_history``."""
+        return self._history(req, session, resource_type=rtype, id=rid)
+
+    def history_type(self, req: FhirRequest, rtype: str, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#history -- ``GET Type/_history``."""
+        return self._history(req, session, resource_type=rtype)
+
+    def history_system(self, req: FhirRequest, session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#history -- ``GET /_history``."""
+        return self._history(req, session)
+
+    # ------------------------------------------------------------------ batch / transaction
+
+    def batch_or_transaction(self, req: FhirRequest) -> FhirResponse:
+        """https://hl7.org/fhir/R4/http.html#transaction -- ``POST [base]`` with a batch or transaction Bundle."""
+        media = _media_type(req.headers.get("content-type"))
+        if req.resource is None and media == FORM:
+            return self.search_system(req)
+        if req.resource is not None:
+            bundle = req.resource
+        else:
+            try:
+                bundle = orjson.loads(req.body or b"")
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"The request body is not valid JSON: {exc}") from None
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise BadRequest("POST to the server base needs a Bundle of type batch or transaction")
+        kind = bundle.get("type")
+        if kind not in ("batch", "transaction"):
+            raise BadRequest(f"Bundle.type must be batch or transaction, not {kind!r}", expression=("Bundle.type",))
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list):
+            raise BadRequest("Bundle.entry must be an array", expression=("Bundle.entry",))
+        if kind == "batch":
+            return self.batch(req, entries)
+        return self.transaction(req, entries)
+
+    def _decode_entry(self, req: FhirRequest, index: int, raw: Any) -> _Entry:
+        where = f"Bundle.entry[{index}]"
+        if not isinstance(raw, dict):
+            raise BadRequest("A Bundle entry must be an object", expression=(where,))
+        request = raw.get("request")
+        if not isinstance(request, dict) or not request.get("method") or not request.get("url"):
+            raise BadRequest("Each entry needs request.method and request.url", expression=(f"{where}.request",))
+        method = str(request["method"]).upper()
+        if method not in _METHOD_ORDER:
+            raise BadRequest(f"Unsupported request.method {method}", expression=(f"{where}.request.method",))
+        url = str(request["url"])
+        base = req.base_url.rstrip("/")
+        if base and url.startswith(base + "/"):
+            url = url[len(base) + 1 :]
+        split = urlsplit(url)
+        if split.scheme:
+            raise BadRequest(f"request.url {url!r} is not on this server", expression=(f"{where}.request.url",))
+        path = split.path.strip("/")
+        query = parse_query_string(split.query)
+        headers: dict[str, str] = {}
+        for field_name, header in (
+            ("ifMatch", "If-Match"),
+            ("ifNoneMatch", "If-None-Match"),
+            ("ifNoneExist", "If-None-Exist"),
+            ("ifModifiedSince", "If-Modified-Since"),
+        ):
+            if request.get(field_name):
+                headers[header] = str(request[field_name])
+        prefer = req.headers.get("prefer")
+        if prefer:
+            headers["Prefer"] = prefer
+        resource = raw.get("resource")
+        if resource is not None and not isinstance(resource, dict):
+            raise BadRequest("entry.resource must be a resource object", expression=(f"{where}.resource",))
+        if method in ("POST", "PUT") and resource is None:
+            raise BadRequest(f"A {method} entry needs a resource", expression=(f"{where}.resource",))
+        parts = [p for p in path.split("/") if p]
+        if not parts and method == "POST":
+            raise BadRequest("A batch or transaction cannot be nested in another", expression=(f"{where}.request.url",))
+        entry = _Entry(
+            index=index,
+            method=method,
+            url=url,
+            full_url=raw.get("fullUrl"),
+            resource=resource,
+            request=FhirRequest(
+                method=method,
+                path=path,
+                query=query,
+                headers=Headers(headers),
+                base_url=req.base_url,
+                resource=resource,
+            ),
+        )
+        if parts and not parts[0].startswith(("$", "_")) and parts[0] != "metadata":
+            entry.resource_type = parts[0]
+            if len(parts) >= 2 and not parts[1].startswith("_"):
+                entry.id = parts[1]
+            elif len(parts) == 1 and method in ("PUT", "DELETE", "PATCH"):
+                entry.conditional = query
+        return entry
+
+    def batch(self, req: FhirRequest, raw_entries: list[Any]) -> FhirResponse:
+        """Each entry on its own (own session); failures are reported per entry, never abort the rest."""
+        out: list[dict[str, Any]] = []
+        for i, raw in enumerate(raw_entries):
+            try:
+                entry = self._decode_entry(req, i, raw)
+                response = self.handle(entry.request)
+            except FhirError as exc:
+                response = error_response(exc)
+            except Exception as exc:  # one broken entry must not sink the others; no message logged (PHI)
+                log.error("unhandled %s in batch entry %d\n%s", type(exc).__name__, i, _frames(exc))
+                response = error_response(FhirError(f"Bundle.entry[{i}] failed with an unexpected server error"))
+            out.append(_response_entry(response, req.base_url))
+        return FhirResponse(200, {}, fhir_bundle.batch_response(out))
+
+    def transaction(self, req: FhirRequest, raw_entries: list[Any]) -> FhirResponse:
+        """All or nothing in ONE write session, in the spec's order: DELETE, POST, PUT/PATCH, GET.
+
+        Every fullUrl of a created/updated entry (``urn:uuid:``, ``urn:oid:`` or absolute) is mapped to its final
+        ``Type/id`` before anything is written, and every matching reference inside every resource is rewritten;
+        conditional references (``Patient?identifier=x``) are resolved by search. Any error fails the whole
+        transaction with that entry's OperationOutcome, naming ``Bundle.entry[i]``.
+        """
+        entries = []
+        for i, raw in enumerate(raw_entries):
+            try:
+                entries.append(self._decode_entry(req, i, raw))
+            except FhirError as exc:
+                raise _with_expression(exc, f"Bundle.entry[{i}]") from None
+        targets: dict[str, int] = {}
+        for e in entries:  # R4: a resource may be touched by only one write entry of a transaction
+            if e.method in ("PUT", "DELETE", "PATCH") and e.resource_type and e.id:
+                key = f"{e.resource_type}/{e.id}"
+                if key in targets:
+                    raise BadRequest(
+                        f"{key} is the target of both Bundle.entry[{targets[key]}] and Bundle.entry[{e.index}]",
+                        expression=(e.where,),
+                    )
+                targets[key] = e.index
+        results: dict[int, FhirResponse] = {}
+        ordered = sorted(entries, key=lambda e: (_METHOD_ORDER[e.method], e.index))
+        with self.store.session(write=True) as s:
+            ref_map: dict[str, str] = {}
+            for e in ordered:
+                if e.method == "DELETE":
+                    results[e.index] = self._in_entry(e, lambda e=e: self._dispatch(e.request, s))
+            for e in ordered:
+                if e.method in ("POST", "PUT"):
+                    self._in_entry(e, lambda e=e: self._resolve_identity(s, e, ref_map))
+            for e in ordered:
+                if e.resource is not None and e.method in ("POST", "PUT"):
+                    resource = e.resource
+                    e.resource = self._in_entry(
+                        e, lambda r=resource: self._rewrite_references(s, r, ref_map, req.base_url)
+                    )
+                    e.request.resource = e.resource
+            for e in ordered:
+                if e.method in ("POST", "PUT", "PATCH"):
+                    results[e.index] = self._in_entry(e, lambda e=e: self._transaction_write(s, e))
+            for e in ordered:
+                if e.method in ("GET", "HEAD"):
+                    results[e.index] = self._in_entry(e, lambda e=e: self._dispatch(e.request, s))
+        out = [_response_entry(results[e.index], req.base_url) for e in entries]
+        return FhirResponse(200, {}, fhir_bundle.transaction_response(out))
+
+    @staticmethod
+    def _in_entry(e: _Entry, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except FhirError as exc:
+            raise _with_expression(exc, e.where) from None
+
+    def _resolve_identity(self, s: StoreSession, e: _Entry, ref_map: dict[str, str]) -> None:
+        """Decide the final ``Type/id`` of a POST/PUT entry (searching for conditional ones) before any write."""
+        rtype = e.resource_type
+        if rtype is None:
+            raise BadRequest(f"{e.method} {e.url!r} does not name a resource type")
+        self._check_type(rtype)
+        if not isinstance(e.resource, dict) or e.resource.get("resourceType") != rtype:
+            raise BadRequest(f"entry.resource is not a {rtype}", expression=(f"{e.where}.resource",))
+        if e.method == "POST":
+            if e.id is not None:
+                raise BadRequest(f"POST {e.url!r}: create goes to the type URL, not an instance URL")
+            condition = e.request.headers.get("if-none-exist")
+            if condition:
+                matches = self._conditional_matches(
+                    s, rtype, _criteria(condition, rtype), "ifNoneExist", base_url=e.request.base_url
+                )
+                if matches:
+                    e.existing = matches[0]
+            if e.existing is None:
+                e.assigned_id = str(uuid.uuid4())
+            target = e.existing.reference if e.existing else f"{rtype}/{e.assigned_id}"
+        else:  # PUT
+            if e.id is not None:
+                target = f"{rtype}/{e.id}"
+            elif e.conditional:
+                matches = self._conditional_matches(
+                    s, rtype, e.conditional, "Conditional update", base_url=e.request.base_url
+                )
+                if matches:
+                    e.existing = matches[0]
+                    target = matches[0].reference
+                else:
+                    body_id = e.resource.get("id")
+                    e.assigned_id = body_id if isinstance(body_id, str) and body_id else str(uuid.uuid4())
+                    target = f"{rtype}/{e.assigned_id}"
+            else:
+                raise BadRequest(f"PUT {e.url!r} needs an id or search criteria")
+        if e.full_url:
+            if e.full_url in ref_map and ref_map[e.full_url] != target:
+                raise BadRequest(f"fullUrl {e.full_url} appears more than once", expression=(f"{e.where}.fullUrl",))
+            ref_map[e.full_url] = target
+            # an absolute fullUrl on this server is also what relative references in the bundle resolve to
+            relative = fhir_model.local_reference(e.full_url, e.request.base_url)
+            if relative != e.full_url and relative != target:
+                ref_map.setdefault(relative, target)
+
+    def _rewrite_references(
+        self, s: StoreSession, resource: dict[str, Any], ref_map: dict[str, str], base_url: str = ""
+    ) -> dict:
+        conditional: dict[str, str] = {}
+
+        def rewrite(key: str, value: str) -> str | None:
+            if key == "div":  # narrative: <a href="urn:uuid:..."> and <img src="urn:uuid:...">
+                if "urn:" not in value and not ref_map:
+                    return None
+                for old, new in ref_map.items():
+                    if old in value:
+                        value = value.replace(f'"{old}"', f'"{new}"')
+                return value
+            mapped = ref_map.get(value)
+            if mapped is not None:
+                return mapped
+            if key != "reference":
+                return None
+            if value.startswith(("urn:uuid:", "urn:oid:")):
+                raise BadRequest(f"Reference {value} does not match the fullUrl of any entry in the transaction")
+            head, sep, criteria = value.partition("?")
+            if sep and "/" not in head and head:
+                if value not in conditional:
+                    rtype = self._check_type(head)
+                    matches = self._conditional_matches(
+                        s, rtype, parse_query_string(criteria), "Conditional reference", base_url=base_url
+                    )
+                    if not matches:
+                        raise NotFound(f"Conditional reference {value} matched no resource")
+                    conditional[value] = matches[0].reference
+                return conditional[value]
+            return None
+
+        return _walk_strings(resource, rewrite)
+
+    def _transaction_write(self, s: StoreSession, e: _Entry) -> FhirResponse:
+        req = e.request
+        if e.method == "PATCH":
+            return self._dispatch(req, s)
+        assert e.resource_type is not None and e.resource is not None
+        rtype = e.resource_type
+        if e.existing is not None and e.method == "POST":
+            return self._respond_with(req, e.existing, 200)
+        resource = self._body_resource(req, rtype)
+        if e.method == "POST":
+            resource.pop("id", None)
+            return self._respond_with(req, s.create(resource, id=e.assigned_id), 201)
+        # PUT: a plain update, or a conditional update whose target was resolved above
+        if e.id is not None:
+            return self.update(req, rtype, e.id, s)
+        body_id = resource.get("id")
+        target = e.existing.id if e.existing is not None else e.assigned_id
+        if e.existing is not None and body_id is not None and body_id != target:
+            raise BadRequest(
+                f"The body's id {body_id!r} differs from {rtype}/{target}, the resource the criteria matched",
+                expression=(f"{rtype}.id",),
+            )
+        resource["id"] = target
+        if e.existing is None and body_id is None:
+            return self._respond_with(req, s.create(resource, id=target), 201)
+        stored, created = s.update(resource, if_match=self._if_match(req))
+        return self._respond_with(req, stored, 201 if created else 200)
+
+
+# ---------------------------------------------------------------------------------------------- module helpers
+
+
+def _same_version(tag: str, version_id: int) -> bool:
+    try:
+        return parse_etag(tag, "If-None-Match") == version_id
+    except BadRequest:
+        return False
+
+
+def _criteria(value: str, rtype: str) -> dict[str, list[str]]:
+    """``If-None-Exist`` holds ``identifier=x`` (or, from some clients, ``Patient?identifier=x``)."""
+    value = value.strip()
+    if "?" in value:
+        head, _, value = value.partition("?")
+        if head and head.strip("/") != rtype:
+            raise BadRequest(f"If-None-Exist criteria are for {head}, not {rtype}")
+    return parse_query_string(value)
+
+
+def _patch_from_entry_resource(resource: dict[str, Any]) -> Any:
+    """A transaction PATCH entry carries the JSON Patch as a Binary (base64 ``data``)."""
+    import base64
+
+    if resource.get("resourceType") == "Binary" and resource.get("data"):
+        content_type = _media_type(resource.get("contentType"))
+        if content_type and content_type != JSON_PATCH:
+            raise UnsupportedMediaType(f"A PATCH entry's Binary must be {JSON_PATCH}, not {content_type}")
+        try:
+            return orjson.loads(base64.b64decode(resource["data"]))
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            raise BadRequest(f"The PATCH entry's Binary does not hold a JSON Patch: {exc}") from None
+    if resource.get("resourceType") == "Parameters":
+        raise UnsupportedMediaType("FHIRPath Patch (Parameters) is not supported; send JSON Patch in a Binary")
+    raise BadRequest("A PATCH entry needs its JSON Patch as a Binary resource")
+
+
+def _frames(exc: BaseException) -> str:
+    """The traceback frames without the exception message (which may quote resource content)."""
+    return "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+
+
+def _response_entry(response: FhirResponse, base_url: str) -> dict[str, Any]:
+    """A batch/transaction-response entry from the response the request would have had on its own."""
+    h = response.headers
+    out: dict[str, Any] = {"status": fhir_bundle.status_line(response.status)}
+    entry: dict[str, Any] = {}
+    location = h.get("Location")
+    if location:
+        entry["fullUrl"] = location.split("/_history/")[0]
+        out["location"] = fhir_model.local_reference(location, base_url)
+    if "ETag" in h:
+        out["etag"] = h["ETag"]
+    if "Last-Modified" in h:
+        out["lastModified"] = fhir_bundle.instant(parsedate_to_datetime(h["Last-Modified"]))
+    body = response.body
+    if isinstance(body, bytes):  # a stored resource: spliced into the bundle as-is
+        entry["resource"] = orjson.Fragment(body)
+    elif body is not None:
+        if response.status >= 400 or body.get("resourceType") == "OperationOutcome":
+            out["outcome"] = body
+        else:
+            entry["resource"] = body
+    entry["response"] = out
+    return entry
+
+
+__all__ = [
+    "FhirRequest",
+    "FhirResponse",
+    "FhirRouter",
+    "Headers",
+    "error_response",
+    "http_date",
+    "parse_etag",
+    "parse_prefer",
+]
