@@ -27,6 +27,10 @@ class Hl7Config:
     # Identifiers without an assigning authority are local to the sender: scope them with urn:id:<sender>.
     scope_unqualified_identifiers: bool = True
     namespace: uuid.UUID = INTERLACE_NS
+    # Where the vocabulary ConceptMaps come from (app.fhir.terminology): None = the repository's terminology/.
+    terminology_dir: str | None = None
+    # A site's ConceptMap overrides file, used instead of <terminology_dir>/site-overrides.json; its entries win.
+    site_overrides: str | None = None
 
     def zone_for(self, *senders: str) -> str:
         for s in senders:

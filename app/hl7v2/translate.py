@@ -13,6 +13,7 @@ from typing import Any
 
 from app.hl7v2 import ack as ack_mod
 from app.hl7v2 import datatypes as dt
+from app.hl7v2 import vocab
 from app.hl7v2.config import DEFAULT_CONFIG, Hl7Config
 from app.hl7v2.context import Context
 from app.hl7v2.errors import (
@@ -89,7 +90,8 @@ def translate(
     for w in msg.warnings:
         ctx.warn(w)
     try:
-        reg.handler(msg, ctx)
+        with vocab.bound(config):  # the config's terminology (site overrides) for every code map in the handlers
+            reg.handler(msg, ctx)
     except Hl7Error:
         raise
     except Exception as exc:  # a mapping bug must become an AE, never a dropped connection

@@ -274,6 +274,33 @@ class _Entry:
 _METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 
 
+# (router, request, resource type or None, id or None, session or None) -> response
+OperationHandler = Callable[["FhirRouter", FhirRequest, str | None, str | None, StoreSession | None], FhirResponse]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """An extended operation (https://hl7.org/fhir/R4/operations.html). Register it in ``FhirRouter.operations``
+    under ``(resource_type or None, name)``; the CapabilityStatement lists it from there."""
+
+    name: str  # without "$"
+    handler: OperationHandler
+    definition: str  # canonical url of its OperationDefinition
+    type_level: bool = True  # [base]/Type/$name (or [base]/$name when registered under None)
+    instance_level: bool = False  # [base]/Type/id/$name
+    methods: frozenset[str] = frozenset({"GET", "POST"})
+
+    def capability(self) -> dict[str, str]:
+        return {"name": self.name, "definition": self.definition}
+
+
+def default_operations() -> dict[tuple[str | None, str], Operation]:
+    """The operations Interlace serves (imported here: their handlers import this module)."""
+    from app.services.operations import default_operations as defaults
+
+    return dict(defaults())
+
+
 class FhirRouter:
     """Serves the FHIR RESTful API over a ``ResourceStore``."""
 
@@ -285,8 +312,13 @@ class FhirRouter:
         default_count: int = 20,
         max_count: int = 1000,
         software_version: str = "0.1.0",
+        operations: Mapping[tuple[str | None, str], Operation] | None = None,
     ) -> None:
         self.store = store
+        # extended operations by (resource type or None for system level, name without "$")
+        self.operations: dict[tuple[str | None, str], Operation] = dict(
+            default_operations() if operations is None else operations
+        )
         self.software_version = software_version
         self.registry = registry
         self.default_count = default_count
@@ -294,6 +326,11 @@ class FhirRouter:
         self.resource_types: frozenset[str] = frozenset(registry.resource_types)
         self._all_types: tuple[str, ...] = tuple(sorted(self.resource_types))
         self._capabilities: dict[str, dict[str, Any]] = {}
+        # Stores may serve read/vread/search outside a session on a cheaper path (SqlStore: one autocommit
+        # statement, no BEGIN/COMMIT); they are used whenever the interaction is not part of a batch/transaction.
+        self._store_read: Callable[[str, str], StoredResource] | None = getattr(store, "read", None)
+        self._store_vread: Callable[[str, str, int], StoredResource] | None = getattr(store, "vread", None)
+        self._store_search: Callable[[Any], Any] | None = getattr(store, "search", None)
 
     # ------------------------------------------------------------------ entry point
 
@@ -328,7 +365,7 @@ class FhirRouter:
         if head == "_search" and n == 1 and method == "POST":
             return self.search_system(req, session)
         if head.startswith("$") or (n > 1 and parts[-1].startswith("$")):
-            raise NotImplementedInteraction(f"Operation {parts[-1] if n > 1 else head} is not supported")
+            return self.operation(req, parts, session)
         rtype = self._check_type(head)
         if n == 1:
             if method == "GET":
@@ -429,16 +466,48 @@ class FhirRouter:
                 conditional_create=True,
                 conditional_update=True,
                 conditional_delete="multiple",
+                operations=[op.capability() for (rtype, _), op in sorted(self.operations.items()) if rtype is None],
+                resource_operations=self._resource_operations(),
             )
             if len(self._capabilities) >= 8:  # the base URL may come from the Host header: bound the cache
                 self._capabilities.clear()
             self._capabilities[req.base_url] = cached
         return FhirResponse(200, {}, cached)
 
+    def _resource_operations(self) -> dict[str, list[dict[str, str]]]:
+        out: dict[str, list[dict[str, str]]] = {}
+        for (rtype, _), op in sorted(self.operations.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+            if rtype is not None:
+                out.setdefault(rtype, []).append(op.capability())
+        return out
+
+    # ------------------------------------------------------------------ operations
+
+    def operation(self, req: FhirRequest, parts: list[str], session: StoreSession | None = None) -> FhirResponse:
+        """https://hl7.org/fhir/R4/operations.html -- ``[base]/$op``, ``[base]/Type/$op``, ``[base]/Type/id/$op``,
+        looked up in ``self.operations`` by (type or None, name)."""
+        n = len(parts)
+        name = parts[-1]
+        if not name.startswith("$") or n > 3:
+            raise NotFound(f"No FHIR interaction at {req.path!r}")
+        rtype = self._check_type(parts[0]) if n > 1 else None
+        rid = parts[1] if n == 3 else None
+        op = self.operations.get((rtype, name[1:]))
+        if op is None:
+            raise NotImplementedInteraction(f"Operation {name} is not supported" + (f" on {rtype}" if rtype else ""))
+        if (rid is not None and not op.instance_level) or (rid is None and rtype is not None and not op.type_level):
+            level = "an instance" if rid is not None else "the type"
+            raise NotFound(f"Operation {name} cannot be invoked on {level}", details_code="operation-level")
+        if req.method not in op.methods:
+            raise MethodNotAllowed(f"{req.method} is not allowed for {name}")
+        return op.handler(self, req, rtype, rid, session)
+
     # ------------------------------------------------------------------ instance level
 
     def read(self, req: FhirRequest, rtype: str, rid: str, session: StoreSession | None = None) -> FhirResponse:
         """https://hl7.org/fhir/R4/http.html#read -- content bytes are served exactly as stored."""
+        if session is None and self._store_read is not None:
+            return self._conditional_read(req, self._store_read(rtype, rid))
         with self._session(session, write=False) as s:
             stored = s.read(rtype, rid)
         return self._conditional_read(req, stored)
@@ -449,8 +518,11 @@ class FhirRouter:
         """https://hl7.org/fhir/R4/http.html#vread"""
         if not vid.isdigit():
             raise NotFound(f"{rtype}/{rid} has no version {vid!r}")
-        with self._session(session, write=False) as s:
-            stored = s.vread(rtype, rid, int(vid))
+        if session is None and self._store_vread is not None:
+            stored = self._store_vread(rtype, rid, int(vid))
+        else:
+            with self._session(session, write=False) as s:
+                stored = s.vread(rtype, rid, int(vid))
         if stored.deleted:
             raise Gone(
                 f"{rtype}/{rid}/_history/{vid} is a deletion",
@@ -697,8 +769,11 @@ class FhirRouter:
         return self._run_search(req, query, session, "")
 
     def _run_search(self, req: FhirRequest, query: Any, session: StoreSession | None, path: str) -> FhirResponse:
-        with self._session(session, write=False) as s:
-            page = s.search(query)
+        if session is None and self._store_search is not None:
+            page = self._store_search(query)
+        else:
+            with self._session(session, write=False) as s:
+                page = s.search(query)
         # parameters ignored under lenient handling are reported by the bundle as a search.mode=outcome entry
         return FhirResponse(200, {}, fhir_bundle.searchset(page, query, req.base_url, resource_type_path=path))
 
@@ -1003,13 +1078,13 @@ class FhirRouter:
         rtype = e.resource_type
         if e.existing is not None and e.method == "POST":
             return self._respond_with(req, e.existing, 200)
+        if e.method == "PUT" and e.id is not None:  # a plain update (validates the body itself: parse it once)
+            return self.update(req, rtype, e.id, s)
         resource = self._body_resource(req, rtype)
         if e.method == "POST":
             resource.pop("id", None)
             return self._respond_with(req, s.create(resource, id=e.assigned_id), 201)
-        # PUT: a plain update, or a conditional update whose target was resolved above
-        if e.id is not None:
-            return self.update(req, rtype, e.id, s)
+        # PUT: a conditional update whose target was resolved above
         body_id = resource.get("id")
         target = e.existing.id if e.existing is not None else e.assigned_id
         if e.existing is not None and body_id is not None and body_id != target:
@@ -1096,6 +1171,7 @@ __all__ = [
     "FhirResponse",
     "FhirRouter",
     "Headers",
+    "Operation",
     "error_response",
     "http_date",
     "parse_etag",
