@@ -23,9 +23,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from flask import Flask
 
     from app.api import errors as api_errors
-    from app.api import fhir_rest
+    from app.api import fhir_rest, hl7v2
     from app.config import load_settings
-    from app.wiring import build_services
+    from app.wiring import build_ingest, build_services
 
     settings = settings if settings is not None else load_settings()
     if overrides:
@@ -43,5 +43,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.extensions["interlace"] = services
     api = api_errors.FhirApi(app)
     api.register_blueprint(fhir_rest.create_blueprint(services.router, settings))
+    ingest = build_ingest(settings, services)
+    app.extensions["interlace.ingest"] = ingest
+    api.register_blueprint(hl7v2.create_blueprint(ingest, settings))
     api_errors.register_error_handlers(app)
     return app

@@ -27,6 +27,7 @@ def app(settings: Settings) -> Iterator[Flask]:
     flask_app = create_app(settings)
     flask_app.config["TESTING"] = True
     yield flask_app
+    flask_app.extensions["interlace.ingest"].messages.close()
     flask_app.extensions["interlace"].close()
 
 

@@ -12,9 +12,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.adapters.sql_store import upgrade_database
-from app.api import hl7v2 as hl7v2_api
 from app.config import Settings
-from app.wiring import build_ingest
 
 from . import samples
 from .conftest import msa
@@ -26,19 +24,14 @@ def make_app(settings: Settings) -> tuple[Flask, Any]:
     upgrade_database(settings.effective_database_url)
     app = create_app(settings)
     app.config["TESTING"] = True
-    ingest = app.extensions.get("interlace.ingest")
-    if "hl7v2" not in app.blueprints:  # until create_app registers it
-        ingest = build_ingest(settings, app.extensions["interlace"])
-        app.register_blueprint(hl7v2_api.create_blueprint(ingest, settings))
-    return app, ingest
+    return app, app.extensions["interlace.ingest"]
 
 
 @pytest.fixture
 def client(database_url: str, tmp_path: Path) -> Iterator[FlaskClient]:
     app, ingest = make_app(Settings(data_dir=tmp_path / "data", database_url=database_url, auth=False))
     yield app.test_client()
-    if ingest is not None:
-        ingest.messages.close()
+    ingest.messages.close()
     app.extensions["interlace"].close()
 
 
