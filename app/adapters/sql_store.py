@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -41,8 +41,10 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.adapters.outbox_sql import record_change
 from app.fhir.errors import BadRequest, Conflict, FhirError, Gone, NotFound, PreconditionFailed, StoreUnavailable
 from app.fhir.query import (
+    AnyOfClause,
     ChainClause,
     Clause,
     DateIndex,
@@ -260,6 +262,51 @@ def _make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine
     return sa.create_engine(parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
+def _make_read_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """The engine of the read path outside sessions (``SqlStore.read``/``vread``/``search``): autocommit, so a lone
+    SELECT costs no BEGIN/COMMIT round trips, and no pre-ping (a dead pooled connection is noticed by the statement
+    itself, which is then retried once on a fresh connection)."""
+    parsed = _engine_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = sa.create_engine(
+            parsed,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_reset_on_return=None,
+            connect_args={"timeout": 30.0, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # autocommit: each SELECT sees the latest commit (WAL: never blocked)
+            dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
+    return sa.create_engine(
+        parsed, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+    )
+
+
+_COLUMNS = "pk, resource_type, id, version_id, last_updated, deleted, content"
+_FAST_SQL = {
+    # the one-statement reads of SqlStore.read/vread, as plain SQL on a pooled DBAPI connection: no statement
+    # building, compiling or result processing per call (psycopg prepares them server-side after a few uses)
+    (dialect, kind): sql.replace("?", mark)
+    for dialect, mark in (("postgresql", "%s"), ("sqlite", "?"))
+    for kind, sql in (
+        ("read", f"SELECT {_COLUMNS} FROM resource WHERE resource_type = ? AND id = ?"),
+        (
+            "vread",
+            f"SELECT {_COLUMNS}, method FROM resource_history WHERE resource_type = ? AND id = ? AND version_id = ?",
+        ),
+    )
+}
+
+
 def _dialect_start(conn: Connection, write: bool) -> None:
     """Start the session's transaction with the right mode."""
     conn.execution_options(interlace_write=write)
@@ -331,6 +378,22 @@ def _instant(dt: datetime) -> str:
 
 def _clip(value: str | None, limit: int = MAX_INDEX_CHARS) -> str | None:
     return None if value is None else value[:limit]
+
+
+def _stored_tuple(row: Sequence[Any]) -> StoredResource:
+    """A StoredResource from a raw DBAPI row of ``_FAST_SQL`` (SQLite hands back text timestamps and 0/1)."""
+    _, rtype, rid, version, ts, deleted, content, *method = row
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    return StoredResource(
+        resource_type=rtype,
+        id=rid,
+        version_id=version,
+        last_updated=ts.replace(tzinfo=UTC),
+        deleted=bool(deleted),
+        content=bytes(content) if content is not None else None,
+        method=method[0] if method else "PUT",
+    )
 
 
 def _stored(row: Row[Any], method: str = "PUT") -> StoredResource:
@@ -540,11 +603,31 @@ def _number_range(value: SearchValue) -> tuple[Decimal, Decimal, Decimal]:
     return number, low, high
 
 
+# Aliases are costly to build (every column is proxied), and search builds statements on every request: the
+# resource alias and the index table aliases of a statement come from these pools (statements may share them).
+_R = resource.alias("r")
+_ALIASES: dict[str, list[sa.FromClause]] = {}
+
+
 class _Compiler:
     """Turns query clauses into boolean SQL expressions over a (possibly aliased) ``resource`` table."""
 
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
+        self._used: dict[str, int] = {}
+
+    def begin(self) -> None:
+        """A new statement: index table aliases start over."""
+        self._used = {}
+
+    def _alias(self, table: sa.Table) -> sa.FromClause:
+        """The next alias of ``table`` not yet used in the current statement."""
+        n = self._used.get(table.name, 0)
+        self._used[table.name] = n + 1
+        pool = _ALIASES.setdefault(table.name, [])
+        while len(pool) <= n:  # a race only builds a spare alias
+            pool.append(table.alias(f"{table.name}_{len(pool) + 1}"))
+        return pool[n]
 
     def clause(self, clause: Clause, r: sa.FromClause, types: Sequence[str]) -> ColumnElement[bool]:
         if isinstance(clause, ParamClause):
@@ -562,6 +645,13 @@ class _Compiler:
                 low, high, delta = _date_range(value)
                 alternatives.append(_point_condition(value.prefix, r.c.last_updated, low, high, delta))
             return sa.or_(*alternatives)
+        if isinstance(clause, AnyOfClause):  # access narrowing: OR of AND-groups, each over its own types
+            groups = []
+            for group in clause.groups:
+                gtypes = group.resource_types or types
+                conds = _Compiler._type_filter(r.c.resource_type, group.resource_types) if group.resource_types else []
+                groups.append(sa.and_(sa.true(), *conds, *(self.clause(c, r, gtypes) for c in group.clauses)))
+            return sa.or_(sa.false(), *groups)
         raise BadRequest(f"unsupported search clause {type(clause).__name__}")
 
     @staticmethod
@@ -578,7 +668,7 @@ class _Compiler:
         modifier = clause.modifier
         if modifier not in _MODIFIERS[p.type] and not (p.type == "reference" and _is_type_modifier(modifier)):
             raise BadRequest(f"modifier :{modifier} is not supported for {p.type} parameter {p.code!r}")
-        i = table.alias()
+        i = self._alias(table)
         rows = sa.select(i.c.resource_pk).where(i.c.param == p.code, *self._type_filter(i.c.resource_type, types))
         if modifier == "missing":
             if len(clause.values) != 1 or clause.values[0].raw.strip().lower() not in ("true", "false"):
@@ -774,6 +864,44 @@ _CAS_UPDATE = sa.update(resource).where(
 _INSERT_HISTORY = sa.insert(resource_history)
 _DELETE_INDEX = {name: sa.delete(t).where(t.c.resource_pk == sa.bindparam("b_pk")) for name, t in INDEX_TABLES.items()}
 _INSERT_INDEX = {t.name: sa.insert(t) for t in INDEX_TABLES.values()}
+# ``search_many``: the current resources behind several (type, token param, system, code) keys in one statement.
+_TOKEN_KEY = (idx_token.c.resource_type, idx_token.c.param, idx_token.c.system, idx_token.c.code)
+_TOKEN_LOOKUP = (
+    sa.select(
+        *(c.label(f"k_{c.key}") for c in _TOKEN_KEY),
+        *(resource.c[c] for c in ("pk", "resource_type", "id", "version_id", "last_updated", "deleted", "content")),
+    )
+    .join_from(idx_token, resource, resource.c.pk == idx_token.c.resource_pk)
+    .where(resource.c.deleted == sa.false(), sa.tuple_(*_TOKEN_KEY).in_(sa.bindparam("b_keys", expanding=True)))
+)
+# ``lock_many``: unnest yields the sorted ids in order, and each row takes its lock before the next one is read.
+_LOCK_MANY = sa.text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:k AS BIGINT[])) AS u(k)")
+
+
+class _Current(NamedTuple):
+    """The version columns of a resource row, as ``_SELECT_CURRENT`` returns them."""
+
+    pk: int
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+
+
+def _token_lookup_key(query: SearchQuery) -> tuple[str, str, str, str] | None:
+    """``(type, param, system, code)`` when ``query`` is one ``param=system|code`` on a token parameter of one type
+    (how conditional interactions name a resource by identifier), else None. The lookup then means exactly what the
+    search compiler makes of it: an index row with that system and code, on a resource that is not deleted."""
+    if len(query.resource_types) != 1 or len(query.clauses) != 1 or query.count <= 0 or query.summary == "count":
+        return None
+    clause = query.clauses[0]
+    if not isinstance(clause, ParamClause) or clause.modifier is not None or clause.param.type != "token":
+        return None
+    if len(clause.values) != 1 or query.sort or query.includes or query.cursor:
+        return None
+    value = clause.values[0]
+    if not value.system or not value.code:
+        return None
+    return (query.resource_types[0], clause.param.code, value.system[:MAX_INDEX_CHARS], value.code[:MAX_INDEX_CHARS])
 
 
 class SqlSession:
@@ -784,16 +912,43 @@ class SqlSession:
         self._indexer = indexer
         self._write = write
         self._compiler = _Compiler(conn.dialect.name)
+        # History and index rows are queued and written in bulk (one executemany per table) by ``flush``, which
+        # runs before anything that could read them and at commit: a 500-entry transaction then costs a few round
+        # trips per resource instead of ~7 (and an update's 7 index DELETEs become 7 batched ones).
+        self._pending_history: list[dict[str, Any]] = []
+        self._pending_index: dict[str, list[dict[str, Any]]] = {}
+        self._pending_drop: list[int] = []
+        # (type, id) -> version columns a search of this session just read: the first guess of a check-and-set
+        self._known: dict[tuple[str, str], _Current] = {}
 
     @property
     def connection(self) -> Connection:
         """The session's connection, for other adapters that must write in the same transaction (the outbox)."""
+        self.flush()
         return self._conn
+
+    @_translate_errors
+    def flush(self) -> None:
+        """Write the queued history and index rows."""
+        if self._pending_drop:
+            drops = [{"b_pk": pk} for pk in self._pending_drop]
+            self._pending_drop = []
+            for stmt in _DELETE_INDEX.values():
+                self._conn.execute(stmt, drops)
+        if self._pending_history:
+            rows, self._pending_history = self._pending_history, []
+            self._conn.execute(_INSERT_HISTORY, rows)
+        if self._pending_index:
+            pending, self._pending_index = self._pending_index, {}
+            for name, rows in pending.items():
+                if rows:
+                    self._conn.execute(_INSERT_INDEX[name], rows)
 
     # -------------------------------------------------- reads
 
     @_translate_errors
     def read(self, resource_type: str, id: str) -> StoredResource:
+        self.flush()
         row = self._conn.execute(
             sa.select(resource).where(resource.c.resource_type == resource_type, resource.c.id == id)
         ).first()
@@ -805,6 +960,7 @@ class SqlSession:
 
     @_translate_errors
     def vread(self, resource_type: str, id: str, version_id: int) -> StoredResource:
+        self.flush()
         h = resource_history
         row = self._conn.execute(
             sa.select(h).where(h.c.resource_type == resource_type, h.c.id == id, h.c.version_id == version_id)
@@ -846,8 +1002,14 @@ class SqlSession:
             raise BadRequest("the resource has no resourceType")
         if len(rid) > ID_LEN or len(rtype) > TYPE_LEN:
             raise BadRequest(f"resource id longer than {ID_LEN} characters")
-        for _ in range(MAX_CAS_RETRIES):
-            cur = self._current(rtype, rid)
+        for attempt in range(MAX_CAS_RETRIES):
+            cur: Row[Any] | _Current | None
+            if attempt == 0 and create_only:
+                cur = None  # a new id: insert first, a conflict sends us round to read what is there
+            elif attempt == 0 and if_match is None and (rtype, rid) in self._known:
+                cur = self._known.pop((rtype, rid))  # just read by search_many; a stale guess only fails the CAS
+            else:
+                cur = self._current(rtype, rid)
             now = _now()
             if cur is None:
                 if if_match is not None:
@@ -881,11 +1043,13 @@ class SqlSession:
                 self._drop_index(pk)
             self._history(rtype, rid, version, ts, deleted=False, method=method, content=content)
             self._write_index(pk, rtype, self._indexer.index(doc))
+            # the change's event, in this same transaction (transactional outbox, app/adapters/outbox_sql.py)
+            record_change(self._conn, rtype, rid, version, "create" if created else "update")
             stored = StoredResource(rtype, rid, version, _aware(ts), False, content, method)
             return stored, created
         raise Conflict(f"{rtype}/{rid} is being changed concurrently; retry")
 
-    def _cas(self, cur: Row[Any], **values: Any) -> bool:
+    def _cas(self, cur: Row[Any] | _Current, **values: Any) -> bool:
         """Check-and-set: write the new version only if nobody moved past the one we read."""
         values["version_id"] = values.pop("version")
         result = self._conn.execute(_CAS_UPDATE, {**values, "b_pk": cur.pk, "b_version": cur.version_id})
@@ -894,8 +1058,7 @@ class SqlSession:
     def _history(
         self, rtype: str, rid: str, version: int, ts: datetime, *, deleted: bool, method: str, content: bytes | None
     ) -> None:
-        self._conn.execute(
-            _INSERT_HISTORY,
+        self._pending_history.append(
             {
                 "resource_type": rtype,
                 "id": rid,
@@ -904,12 +1067,15 @@ class SqlSession:
                 "deleted": deleted,
                 "method": method,
                 "content": content,
-            },
+            }
         )
 
     def _drop_index(self, pk: int) -> None:
-        for stmt in _DELETE_INDEX.values():
-            self._conn.execute(stmt, {"b_pk": pk})
+        # rows of ``pk`` still queued are simply forgotten; the ones already written are deleted at the next flush
+        for name, rows in self._pending_index.items():
+            if any(row["resource_pk"] == pk for row in rows):
+                self._pending_index[name] = [row for row in rows if row["resource_pk"] != pk]
+        self._pending_drop.append(pk)
 
     def _write_index(self, pk: int, rtype: str, entries: Sequence[IndexEntry]) -> None:
         grouped: dict[str, tuple[sa.Table, list[dict[str, Any]]]] = {}
@@ -921,7 +1087,7 @@ class SqlSession:
             table, row = _index_row(entry, pk, rtype)
             grouped.setdefault(table.name, (table, []))[1].append(row)
         for table, rows in grouped.values():
-            self._conn.execute(_INSERT_INDEX[table.name], rows)
+            self._pending_index.setdefault(table.name, []).extend(rows)
 
     @_translate_errors
     def delete(self, resource_type: str, id: str, *, if_match: int | None = None) -> StoredResource | None:
@@ -941,6 +1107,7 @@ class SqlSession:
                 continue
             self._drop_index(cur.pk)
             self._history(resource_type, id, version, ts, deleted=True, method="DELETE", content=None)
+            record_change(self._conn, resource_type, id, version, "delete")
             return StoredResource(resource_type, id, version, _aware(ts), True, None, "DELETE")
         raise Conflict(f"{resource_type}/{id} is being changed concurrently; retry")
 
@@ -948,6 +1115,47 @@ class SqlSession:
     def lock(self, key: str) -> None:
         self._require_write("lock")
         _dialect_lock(self._conn, key)
+
+    @_translate_errors
+    def lock_many(self, keys: Sequence[str]) -> None:
+        """``lock`` for several keys in one round trip, taken in ascending lock id order, so that sessions locking
+        overlapping sets this way cannot deadlock on them."""
+        self._require_write("lock")
+        if self._conn.dialect.name == "postgresql" and keys:
+            self._conn.execute(_LOCK_MANY, {"k": sorted({_lock_id(k) for k in keys})})
+        # SQLite: write sessions already hold the database write lock (BEGIN IMMEDIATE).
+
+    @_translate_errors
+    def search_many(self, queries: Sequence[SearchQuery]) -> list[list[StoredResource]]:
+        """The matches of each query (its first ``count``, in the default order), for the conditional entries of
+        a transaction. Identifier lookups (``_token_lookup_key``) run together as ONE statement; any other query
+        on its own. In a write session the version columns of what was found are remembered, so that updating it
+        next (``_put``) can go straight to the check-and-set."""
+        out: list[list[StoredResource]] = [[] for _ in queries]
+        keyed: dict[tuple[str, str, str, str], list[int]] = {}
+        for n, query in enumerate(queries):
+            key = _token_lookup_key(query)
+            if key is None:
+                out[n] = self.search(query).matches
+            else:
+                keyed.setdefault(key, []).append(n)
+        if not keyed:
+            return out
+        self.flush()
+        found: dict[tuple[str, str, str, str], dict[int, StoredResource]] = {}
+        for row in self._conn.execute(_TOKEN_LOOKUP, {"b_keys": list(keyed)}):
+            key = (row.k_resource_type, row.k_param, row.k_system, row.k_code)
+            found.setdefault(key, {})[row.pk] = _stored(row)  # one resource may have several rows for the key
+            if self._write:
+                self._known[(row.resource_type, row.id)] = _Current(
+                    row.pk, row.version_id, row.last_updated, bool(row.deleted)
+                )
+        for key, positions in keyed.items():
+            by_pk = found.get(key, {})
+            matches = [by_pk[pk] for pk in sorted(by_pk)]  # the search's default order: pk
+            for n in positions:
+                out[n] = matches[: queries[n].count]
+        return out
 
     # -------------------------------------------------- history
 
@@ -962,6 +1170,7 @@ class SqlSession:
         count: int = 20,
         cursor: str | None = None,
     ) -> HistoryPage:
+        self.flush()
         h = resource_history
         conds: list[ColumnElement[bool]] = []
         if resource_type is not None:
@@ -1039,7 +1248,9 @@ class SqlSession:
 
     @_translate_errors
     def search(self, query: SearchQuery) -> SearchPage:
-        r = resource.alias("r")
+        self.flush()
+        r = _R
+        self._compiler.begin()
         types = list(query.resource_types)
         where: list[ColumnElement[bool]] = [
             r.c.deleted == sa.false(),
@@ -1048,16 +1259,33 @@ class SqlSession:
         where += [self._compiler.clause(c, r, types) for c in query.clauses]
 
         total: int | None = None
-        if query.total != "none" or query.summary == "count":
-            total = self._conn.execute(sa.select(sa.func.count()).select_from(r).where(*where)).scalar_one()
+        want_total = query.total != "none" or query.summary == "count"
+        count_stmt = sa.select(sa.func.count()).select_from(r).where(*where)
         if query.summary == "count" or query.count <= 0:
+            if want_total:
+                total = self._conn.execute(count_stmt).scalar_one()
             return SearchPage(matches=[], total=total)
 
-        keys = [self._compiler.sort_expr(k, r).label(f"k{n}") for n, k in enumerate(query.sort)]
-        inner = sa.select(r, *keys).where(*where).subquery("m")
-        order = [(inner.c[f"k{n}"], k.descending) for n, k in enumerate(query.sort)] + [(inner.c.pk, False)]
+        if query.sort:
+            keys = [self._compiler.sort_expr(k, r).label(f"k{n}") for n, k in enumerate(query.sort)]
+            inner = sa.select(r, *keys).where(*where).subquery("m")
+            order = [(inner.c[f"k{n}"], k.descending) for n, k in enumerate(query.sort)] + [(inner.c.pk, False)]
+            stmt = sa.select(inner)
+        else:  # the default order needs no subquery
+            order = [(r.c.pk, False)]
+            stmt = sa.select(r).where(*where)
+        if want_total:
+            # the total rides along as an uncorrelated scalar subquery (evaluated once): one statement, one snapshot
+            stmt = stmt.add_columns(count_stmt.correlate(None).scalar_subquery().label("total_"))
         signature = "search:" + ",".join(f"{k.param}{'-' if k.descending else '+'}" for k in query.sort)
-        rows, next_c, prev_c = self._page(sa.select(inner), order, query.count, query.cursor, signature)
+        rows, next_c, prev_c = self._page(stmt, order, query.count, query.cursor, signature)
+        if want_total:
+            if rows:
+                total = rows[0].total_
+            elif not query.cursor:
+                total = 0
+            else:
+                total = self._conn.execute(count_stmt).scalar_one()
         matches = [_stored(row) for row in rows]
         included = self._includes(query.includes, [(row.pk, row.resource_type) for row in rows]) if rows else []
         return SearchPage(matches=matches, included=included, total=total, next_cursor=next_c, prev_cursor=prev_c)
@@ -1142,6 +1370,8 @@ class SqlStore:
         self._engine = _make_engine(url, pool_size=pool_size, echo=echo)
         self._indexer = indexer
         self._writes = itertools.count(1)
+        self._reader = _make_read_engine(url, pool_size=pool_size)
+        self._dbapi_error: type[Exception] = self._reader.dialect.dbapi.Error  # type: ignore[union-attr]
 
     @property
     def dialect(self) -> str:
@@ -1159,7 +1389,9 @@ class SqlStore:
             except (exc.OperationalError, exc.InterfaceError) as e:
                 raise StoreUnavailable("the database is unavailable or busy; retry later") from e
             try:
-                yield SqlSession(conn, self._indexer, write=write)
+                session = SqlSession(conn, self._indexer, write=write)
+                yield session
+                session.flush()
             except BaseException:
                 try:
                     conn.rollback()
@@ -1184,7 +1416,61 @@ class SqlStore:
             conn.exec_driver_sql("ANALYZE")
             conn.commit()
 
+    # -------------------------------------------------- the read path outside sessions
+    # read/vread/search without a session are the hot path of a FHIR server: they run on the autocommit read engine,
+    # without the session's pre-ping, BEGIN, SET TRANSACTION and COMMIT round trips.
+
+    def _fetch_one(self, kind: str, params: tuple[Any, ...]) -> Sequence[Any] | None:
+        sql = _FAST_SQL[(self._reader.dialect.name, kind)]
+        for attempt in (1, 2):
+            try:
+                conn = self._reader.raw_connection()
+            except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as e:
+                raise StoreUnavailable("the database is unavailable; retry later") from e
+            try:
+                cur = conn.cursor()
+                try:
+                    cur.execute(sql, params)
+                    return cur.fetchone()
+                finally:
+                    cur.close()
+            except self._dbapi_error as e:
+                conn.invalidate()  # maybe a connection the server dropped: never hand it out again
+                if attempt == 2:
+                    raise StoreUnavailable("the database is unavailable or busy; retry later") from e
+            finally:
+                conn.close()
+        return None  # not reached
+
+    def read(self, resource_type: str, id: str) -> StoredResource:
+        """``SqlSession.read`` as one autocommit statement (NotFound / Gone alike)."""
+        row = self._fetch_one("read", (resource_type, id))
+        if row is None:
+            raise NotFound(f"{resource_type}/{id} is not known")
+        stored = _stored_tuple(row)
+        if stored.deleted:
+            raise Gone(f"{resource_type}/{id} was deleted", headers={"ETag": stored.etag})
+        return stored
+
+    def vread(self, resource_type: str, id: str, version_id: int) -> StoredResource:
+        """``SqlSession.vread`` as one autocommit statement."""
+        row = self._fetch_one("vread", (resource_type, id, version_id))
+        if row is None:
+            raise NotFound(f"{resource_type}/{id}/_history/{version_id} is not known")
+        return _stored_tuple(row)
+
+    @_translate_errors
+    def search(self, query: SearchQuery) -> SearchPage:
+        """``SqlSession.search`` on an autocommit connection (the page and its total are one statement). Queries with
+        _include/_revinclude take a one-snapshot read session instead."""
+        if query.includes:
+            with self.session() as s:
+                return s.search(query)
+        with self._reader.connect() as conn:
+            return SqlSession(conn, self._indexer, write=False).search(query)
+
     def close(self) -> None:
+        self._reader.dispose()
         self._engine.dispose()
 
 
