@@ -42,7 +42,18 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     services = build_services(settings)
     app.extensions["interlace"] = services
     api = api_errors.FhirApi(app)
-    api.register_blueprint(fhir_rest.create_blueprint(services.router, settings))
+    gate = None
+    if settings.auth:  # SMART on FHIR: bearer tokens, scopes enforced by the router, audit, rate limits
+        from app.api import access_gate, smart
+        from app.wiring import build_auth
+
+        auth = services.auth = build_auth(settings, services)
+        api.register_blueprint(smart.create_blueprint(auth.oauth, settings))
+
+        def gate(blp: Any) -> None:
+            access_gate.install(blp, auth.oauth, settings, limiter=auth.limiter, audit=auth.audit)
+
+    api.register_blueprint(fhir_rest.create_blueprint(services.router, settings, gate=gate))
     ingest = build_ingest(settings, services)
     app.extensions["interlace.ingest"] = ingest
     api.register_blueprint(hl7v2.create_blueprint(ingest, settings))

@@ -41,7 +41,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.adapters.outbox_sql import record_change
+from app.adapters.outbox_sql import event_outbox, outbox_row
 from app.fhir.errors import BadRequest, Conflict, FhirError, Gone, NotFound, PreconditionFailed, StoreUnavailable
 from app.fhir.query import (
     AnyOfClause,
@@ -259,7 +259,20 @@ def _make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    return sa.create_engine(parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = sa.create_engine(parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    event.listen(engine, "connect", _pg_connect)
+    return engine
+
+
+def _pg_connect(dbapi_conn: Any, _record: Any) -> None:
+    """psycopg prepares statements it sees often, and PostgreSQL may then keep one generic plan per connection for
+    good: a plan made while the table was tiny (a seq scan) would survive the table's growth (and loading 100k
+    resources turns quadratic) unless statistics are refreshed, which needs autovacuum. Custom plans are made for
+    the actual table each time, for a few tens of microseconds of planning."""
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    dbapi_conn.execute("SET plan_cache_mode = force_custom_plan")
+    dbapi_conn.autocommit = autocommit
 
 
 def _make_read_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -286,9 +299,11 @@ def _make_read_engine(url: str, *, pool_size: int = 10) -> Engine:
             conn.exec_driver_sql("BEGIN")
 
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         parsed, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT", pool_reset_on_return=None
     )
+    event.listen(engine, "connect", _pg_connect)
+    return engine
 
 
 _COLUMNS = "pk, resource_type, id, version_id, last_updated, deleted, content"
@@ -864,16 +879,44 @@ _CAS_UPDATE = sa.update(resource).where(
 _INSERT_HISTORY = sa.insert(resource_history)
 _DELETE_INDEX = {name: sa.delete(t).where(t.c.resource_pk == sa.bindparam("b_pk")) for name, t in INDEX_TABLES.items()}
 _INSERT_INDEX = {t.name: sa.insert(t) for t in INDEX_TABLES.values()}
+_INSERT_OUTBOX = sa.insert(event_outbox)
+# ``flush``: the queued creates in one multi-row insert; a row that already exists comes back without its pk
+_INSERT_MANY_IF_ABSENT = {
+    name: module.insert(resource)
+    .on_conflict_do_nothing(index_elements=["resource_type", "id"])
+    .returning(resource.c.resource_type, resource.c.id, resource.c.pk)
+    for name, module in (("postgresql", pg_dialect), ("sqlite", sqlite_dialect))
+}
+# PostgreSQL: the index rows of several resources out of every index table in ONE statement (data-modifying CTEs)
+_DROP_INDEX_PG = sa.text(
+    "WITH "
+    + ", ".join(
+        f"d_{t.name} AS (DELETE FROM {t.name} WHERE resource_pk = ANY(CAST(:pks AS BIGINT[])))"
+        for t in INDEX_TABLES.values()
+    )
+    + " SELECT 1"
+)
 # ``search_many``: the current resources behind several (type, token param, system, code) keys in one statement.
 _TOKEN_KEY = (idx_token.c.resource_type, idx_token.c.param, idx_token.c.system, idx_token.c.code)
-_TOKEN_LOOKUP = (
+_TOKEN_SELECT = (
     sa.select(
         *(c.label(f"k_{c.key}") for c in _TOKEN_KEY),
         *(resource.c[c] for c in ("pk", "resource_type", "id", "version_id", "last_updated", "deleted", "content")),
     )
     .join_from(idx_token, resource, resource.c.pk == idx_token.c.resource_pk)
-    .where(resource.c.deleted == sa.false(), sa.tuple_(*_TOKEN_KEY).in_(sa.bindparam("b_keys", expanding=True)))
+    .where(resource.c.deleted == sa.false())
 )
+# PostgreSQL turns the row IN list into a BitmapOr of (type, param, code, system) index scans; SQLite would scan
+# every resource for it, so it gets the same condition spelled as an OR of ANDs (one index search per key).
+_TOKEN_LOOKUP = _TOKEN_SELECT.where(sa.tuple_(*_TOKEN_KEY).in_(sa.bindparam("b_keys", expanding=True)))
+
+
+def _token_lookup(dialect: str, keys: list[tuple[str, str, str, str]]) -> tuple[sa.Select[Any], dict[str, Any]]:
+    if dialect == "postgresql":
+        return _TOKEN_LOOKUP, {"b_keys": keys}
+    t = idx_token.c
+    ors = [sa.and_(t.resource_type == a, t.param == b, t.code == d, t.system == c) for a, b, c, d in keys]
+    return _TOKEN_SELECT.where(sa.or_(*ors)), {}
 # ``lock_many``: unnest yields the sorted ids in order, and each row takes its lock before the next one is read.
 _LOCK_MANY = sa.text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:k AS BIGINT[])) AS u(k)")
 
@@ -918,6 +961,10 @@ class SqlSession:
         self._pending_history: list[dict[str, Any]] = []
         self._pending_index: dict[str, list[dict[str, Any]]] = {}
         self._pending_drop: list[int] = []
+        self._pending_outbox: list[dict[str, Any]] = []  # event_outbox rows, in change order
+        # resource rows of creates, inserted together by ``flush``; their index rows meanwhile carry a placeholder
+        # pk (-1 for the first, -2 ...) that ``flush`` replaces with the real one
+        self._pending_create: list[dict[str, Any]] = []
         # (type, id) -> version columns a search of this session just read: the first guess of a check-and-set
         self._known: dict[tuple[str, str], _Current] = {}
 
@@ -929,12 +976,17 @@ class SqlSession:
 
     @_translate_errors
     def flush(self) -> None:
-        """Write the queued history and index rows."""
+        """Write the queued creates, history, index and outbox rows."""
+        if self._pending_create:
+            self._flush_creates()
         if self._pending_drop:
-            drops = [{"b_pk": pk} for pk in self._pending_drop]
-            self._pending_drop = []
-            for stmt in _DELETE_INDEX.values():
-                self._conn.execute(stmt, drops)
+            pks, self._pending_drop = self._pending_drop, []
+            if self._conn.dialect.name == "postgresql":  # every index table in one statement (one round trip)
+                self._conn.execute(_DROP_INDEX_PG, {"pks": pks})
+            else:
+                drops = [{"b_pk": pk} for pk in pks]
+                for stmt in _DELETE_INDEX.values():
+                    self._conn.execute(stmt, drops)
         if self._pending_history:
             rows, self._pending_history = self._pending_history, []
             self._conn.execute(_INSERT_HISTORY, rows)
@@ -943,6 +995,24 @@ class SqlSession:
             for name, rows in pending.items():
                 if rows:
                     self._conn.execute(_INSERT_INDEX[name], rows)
+        if self._pending_outbox:
+            rows, self._pending_outbox = self._pending_outbox, []
+            self._conn.execute(_INSERT_OUTBOX, rows)
+
+    def _flush_creates(self) -> None:
+        rows, self._pending_create = self._pending_create, []
+        stmt = _INSERT_MANY_IF_ABSENT[self._conn.dialect.name]
+        pks = {(r.resource_type, r.id): r.pk for r in self._conn.execute(stmt, rows)}
+        real: dict[int, int] = {}
+        for n, row in enumerate(rows):
+            pk = pks.get((row["resource_type"], row["id"]))
+            if pk is None:  # a client-chosen id that exists (or two creates of one id): nothing of it is kept
+                raise Conflict(f"{row['resource_type']}/{row['id']} already exists")
+            real[-1 - n] = pk
+        for index_rows in self._pending_index.values():
+            for index_row in index_rows:
+                if index_row["resource_pk"] < 0:
+                    index_row["resource_pk"] = real[index_row["resource_pk"]]
 
     # -------------------------------------------------- reads
 
@@ -992,6 +1062,8 @@ class SqlSession:
         return self._put(resource, rid, method=method, if_match=if_match, create_only=False)
 
     def _current(self, resource_type: str, id: str) -> Row[Any] | None:
+        if any(r["id"] == id and r["resource_type"] == resource_type for r in self._pending_create):
+            self.flush()  # created earlier in this session: its row must be there to be read and updated
         return self._conn.execute(_SELECT_CURRENT, {"b_type": resource_type, "b_id": id}).first()
 
     def _put(
@@ -1005,7 +1077,7 @@ class SqlSession:
         for attempt in range(MAX_CAS_RETRIES):
             cur: Row[Any] | _Current | None
             if attempt == 0 and create_only:
-                cur = None  # a new id: insert first, a conflict sends us round to read what is there
+                cur = None  # a new id: no read (flush reports a clash as Conflict)
             elif attempt == 0 and if_match is None and (rtype, rid) in self._known:
                 cur = self._known.pop((rtype, rid))  # just read by search_many; a stale guess only fails the CAS
             else:
@@ -1018,9 +1090,14 @@ class SqlSession:
                 doc = _with_meta(body, rtype, rid, version, ts)
                 content = orjson.dumps(doc)
                 row = dict(resource_type=rtype, id=rid, version_id=1, last_updated=ts, deleted=False, content=content)
-                pk = _dialect_insert_if_absent(self._conn, row)
-                if pk is None:  # created concurrently since we looked: go round as an update
-                    continue
+                if attempt == 0 and create_only:
+                    # a new id: queued, and inserted with the session's other creates in one statement by flush
+                    pk = -1 - len(self._pending_create)
+                    self._pending_create.append(row)
+                else:
+                    pk = _dialect_insert_if_absent(self._conn, row)
+                    if pk is None:  # created concurrently since we looked: go round as an update
+                        continue
                 created = True
             else:
                 if create_only and not cur.deleted:
@@ -1044,7 +1121,7 @@ class SqlSession:
             self._history(rtype, rid, version, ts, deleted=False, method=method, content=content)
             self._write_index(pk, rtype, self._indexer.index(doc))
             # the change's event, in this same transaction (transactional outbox, app/adapters/outbox_sql.py)
-            record_change(self._conn, rtype, rid, version, "create" if created else "update")
+            self._pending_outbox.append(outbox_row(rtype, rid, version, "create" if created else "update"))
             stored = StoredResource(rtype, rid, version, _aware(ts), False, content, method)
             return stored, created
         raise Conflict(f"{rtype}/{rid} is being changed concurrently; retry")
@@ -1107,7 +1184,7 @@ class SqlSession:
                 continue
             self._drop_index(cur.pk)
             self._history(resource_type, id, version, ts, deleted=True, method="DELETE", content=None)
-            record_change(self._conn, resource_type, id, version, "delete")
+            self._pending_outbox.append(outbox_row(resource_type, id, version, "delete"))
             return StoredResource(resource_type, id, version, _aware(ts), True, None, "DELETE")
         raise Conflict(f"{resource_type}/{id} is being changed concurrently; retry")
 
@@ -1143,7 +1220,7 @@ class SqlSession:
             return out
         self.flush()
         found: dict[tuple[str, str, str, str], dict[int, StoredResource]] = {}
-        for row in self._conn.execute(_TOKEN_LOOKUP, {"b_keys": list(keyed)}):
+        for row in self._conn.execute(*_token_lookup(self._conn.dialect.name, list(keyed))):
             key = (row.k_resource_type, row.k_param, row.k_system, row.k_code)
             found.setdefault(key, {})[row.pk] = _stored(row)  # one resource may have several rows for the key
             if self._write:

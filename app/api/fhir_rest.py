@@ -9,10 +9,11 @@ search parameters. The routes are spelled out (rather than one catch-all) so the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from flask import Response, request
+from flask import Response, g, request
 from flask_smorest import Blueprint
 
 from app.config import Settings
@@ -146,8 +147,11 @@ def write_response(result: FhirResponse, media_type: str, pretty: bool) -> Respo
     return Response(data, status=result.status, headers=result.headers, content_type=f"{media_type}; charset=utf-8")
 
 
-def create_blueprint(router: FhirRouter, settings: Settings) -> Blueprint:
-    """A fresh blueprint per app (the auth gate is installed on it), serving ``router`` at ``/fhir``."""
+def create_blueprint(
+    router: FhirRouter, settings: Settings, *, gate: Callable[[Blueprint], None] | None = None
+) -> Blueprint:
+    """A fresh blueprint per app (the auth gate is installed on it), serving ``router`` at ``/fhir``. ``gate``
+    installs the token gate (``app.api.access_gate``); without it, ``app.api.protect``'s closed/open gate."""
     from app.api import protect
 
     blp = Blueprint("fhir", __name__, url_prefix=PREFIX, description="FHIR R4 RESTful API (application/fhir+json)")
@@ -171,6 +175,7 @@ def create_blueprint(router: FhirRouter, settings: Settings) -> Blueprint:
                 headers=request.headers,  # werkzeug's are case-insensitive already
                 body=body,
                 base_url=base_url,
+                auth=g.get("auth"),  # the caller's AuthContext, left by the gate; None with INTERLACE_AUTH=off
             )
         )
         return write_response(result, media_type, pretty)
@@ -207,5 +212,8 @@ def create_blueprint(router: FhirRouter, settings: Settings) -> Blueprint:
     route("/<rtype>/<rid>/_history/<vid>", "vread", ["GET"], "One version of a resource (vread)")
     route("/<path:rest>", "other", ["GET", "POST", "PUT", "DELETE", "PATCH"], "Anything else: 404/405/501")
 
-    protect.install(blp, settings, prefix=PREFIX)
+    if gate is not None:
+        gate(blp)
+    else:
+        protect.install(blp, settings, prefix=PREFIX)
     return blp

@@ -174,7 +174,23 @@ class LastUpdatedClause:
     values: tuple[SearchValue, ...]
 
 
-Clause = ParamClause | ChainClause | HasClause | IdClause | LastUpdatedClause
+@dataclass(frozen=True)
+class ClauseGroup:
+    """Clauses AND'ed, over ``resource_types`` only when given (empty: the enclosing query's types)."""
+
+    clauses: tuple[Clause, ...]
+    resource_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AnyOfClause:
+    """The OR of ``groups`` (none: matches nothing). Not produced by the parser: access control adds it to confine
+    a query to what a token may see (a Patient compartment, a granular scope) before the store runs it."""
+
+    groups: tuple[ClauseGroup, ...]
+
+
+Clause = ParamClause | ChainClause | HasClause | IdClause | LastUpdatedClause | AnyOfClause
 
 
 @dataclass(frozen=True)

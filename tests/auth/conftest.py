@@ -28,7 +28,6 @@ from app.adapters.auth_store import SqlAuthStore
 from app.adapters.jwks_http import HttpJwksFetcher
 from app.adapters.redis_auth import RedisReplayCache
 from app.adapters.sql_store import upgrade_database
-from app.api import smart
 from app.auth.clients import ClientRegistration
 from app.config import Settings
 from app.services.oauth import ASSERTION_TYPE, OAuthConfig, OAuthService, TokenHttpRequest, urls_from
@@ -187,19 +186,19 @@ def jwks_server() -> Iterator[tuple[str, type[_JwksHandler]]]:
 
 @pytest.fixture
 def http_oauth(tmp_path: Path, redis_client: redis.Redis) -> Iterator[tuple[Flask, OAuthService]]:
-    """create_app plus the SMART blueprint, as create_app will register it (SQLite: HTTP behaviour only)."""
-    settings = Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'i.db'}", auth=True)
+    """create_app with auth on (it registers the SMART blueprint and the bearer gate itself) and its OAuthService
+    (SQLite: HTTP behaviour only)."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'i.db'}",
+        auth=True,
+        signing_alg="ES256",
+        redis_url=REDIS_URL,
+    )
     upgrade_database(settings.effective_database_url)
-    store = SqlAuthStore(settings.effective_database_url)
-    fetcher = HttpJwksFetcher()
-    replay = RedisReplayCache(redis_client, prefix=redis_client.test_prefix)  # type: ignore[attr-defined]
-    oauth = OAuthService(store, replay, fetcher, OAuthConfig(signing_alg="ES256"))
     app = create_app(settings)
-    app.register_blueprint(smart.create_blueprint(oauth, settings))
-    yield app, oauth
+    yield app, app.extensions["interlace"].auth.oauth
     app.extensions["interlace"].close()
-    store.close()
-    fetcher.close()
 
 
 @pytest.fixture
