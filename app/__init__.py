@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -13,6 +15,26 @@ API_VERSION = "0.1.0"
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a large transaction Bundle; werkzeug answers 413 beyond
 
 
+class _Lazy:
+    """Builds its object on first attribute access (for services that connect to something at construction)."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._target: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        return self._target is not None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._target is None:
+            with self._lock:
+                if self._target is None:
+                    self._target = self._factory()
+        return getattr(self._target, name)
+
+
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """The Flask application: FHIR API at ``/fhir``, OpenAPI at ``/openapi.json``, OperationOutcome errors.
 
@@ -22,10 +44,11 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     # Imported here so that ``import app`` (e.g. by the CLI or the MLLP listener) stays cheap.
     from flask import Flask
 
+    from app.api import erp, fhir_rest, hl7v2
     from app.api import errors as api_errors
-    from app.api import fhir_rest, hl7v2
+    from app.api.admin_gate import require_system_scope
     from app.config import load_settings
-    from app.wiring import build_ingest, build_services
+    from app.wiring import build_events, build_ingest, build_services
 
     settings = settings if settings is not None else load_settings()
     if overrides:
@@ -42,7 +65,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     services = build_services(settings)
     app.extensions["interlace"] = services
     api = api_errors.FhirApi(app)
-    gate = None
+    gate = admin_gate = None
     if settings.auth:  # SMART on FHIR: bearer tokens, scopes enforced by the router, audit, rate limits
         from app.api import access_gate, smart
         from app.wiring import build_auth
@@ -53,9 +76,17 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         def gate(blp: Any) -> None:
             access_gate.install(blp, auth.oauth, settings, limiter=auth.limiter, audit=auth.audit)
 
+        def admin_gate(blp: Any, prefix: str) -> None:
+            access_gate.install(blp, auth.oauth, settings, limiter=auth.limiter, audit=auth.audit, prefix=prefix)
+            require_system_scope(blp, prefix)
+
     api.register_blueprint(fhir_rest.create_blueprint(services.router, settings, gate=gate))
     ingest = build_ingest(settings, services)
     app.extensions["interlace.ingest"] = ingest
-    api.register_blueprint(hl7v2.create_blueprint(ingest, settings))
+    api.register_blueprint(hl7v2.create_blueprint(ingest, settings, gate=admin_gate))
+    # the event backbone connects to Redis: built on the first /erp request, not for every app
+    events = _Lazy(lambda: build_events(settings, services))
+    app.extensions["interlace.events"] = events
+    api.register_blueprint(erp.create_blueprint(events, settings, gate=admin_gate))
     api_errors.register_error_handlers(app)
     return app

@@ -29,6 +29,10 @@ class Services:
         if self.auth is not None:
             self.auth.close()  # flushes the audit trail into the store: before the store closes
         self.store.close()
+        if not self.settings.redis_url:  # an embedded Redis this process started for these settings
+            from app.adapters.redis_conn import stop_embedded_redis
+
+            stop_embedded_redis(self.settings.data_dir)
 
 
 def _version() -> str:

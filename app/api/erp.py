@@ -11,6 +11,7 @@ Same auth gate as the FHIR API (``app.api.protect``). The blueprint gets the eve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,8 +62,10 @@ def parse_since(value: str | None) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
 
 
-def create_blueprint(backbone: Any, settings: Settings) -> Blueprint:
-    """``backbone``: an ``app.wiring.EventBackbone``."""
+def create_blueprint(
+    backbone: Any, settings: Settings, *, gate: Callable[[Blueprint, str], None] | None = None
+) -> Blueprint:
+    """``backbone``: an ``app.wiring.EventBackbone``; ``gate(blueprint, prefix)`` as for ``app.api.hl7v2``."""
     from app.api import protect
 
     blp = Blueprint("erp", __name__, url_prefix=PREFIX, description="ERP projection state, dead letters and replay")
@@ -109,5 +112,8 @@ def create_blueprint(backbone: Any, settings: Settings) -> Blueprint:
     blp.add_url_rule("/dead-letters/<id>", "dead_letter", dead_letter, methods=["GET"])
     blp.add_url_rule("/dead-letters/<id>/$replay", "replay_one", replay_one, methods=["POST"])
     blp.add_url_rule("/$replay", "replay_since", replay_from, methods=["POST"])
-    protect.install(blp, settings, prefix=PREFIX)
+    if gate is not None:
+        gate(blp, PREFIX)
+    else:
+        protect.install(blp, settings, prefix=PREFIX)
     return blp

@@ -14,6 +14,7 @@ Same auth gate as the FHIR API (``app.api.protect``). Errors are OperationOutcom
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -119,8 +120,11 @@ def _peer() -> str:
     return f"http:{request.remote_addr or '?'}"
 
 
-def create_blueprint(ingest: Hl7Ingest, settings: Settings) -> Blueprint:
-    """A fresh blueprint per app, with the auth gate installed, serving ``ingest`` at ``/hl7v2``."""
+def create_blueprint(
+    ingest: Hl7Ingest, settings: Settings, *, gate: Callable[[Blueprint, str], None] | None = None
+) -> Blueprint:
+    """A fresh blueprint per app serving ``ingest`` at ``/hl7v2``. ``gate(blueprint, prefix)`` installs the token
+    gate (``app.api.admin_gate``); without it, ``app.api.protect``'s closed/open gate."""
     from app.api import protect
 
     blp = Blueprint("hl7v2", __name__, url_prefix=PREFIX, description="HL7v2 over HTTP and the message store")
@@ -177,5 +181,8 @@ def create_blueprint(ingest: Hl7Ingest, settings: Settings) -> Blueprint:
     blp.add_url_rule("/messages/$reprocess", "reprocess_many", reprocess_many, methods=["POST"])
     blp.add_url_rule("/messages/<id>", "read_message", read_message, methods=["GET"])
     blp.add_url_rule("/messages/<id>/$reprocess", "reprocess_one", reprocess_one, methods=["POST"])
-    protect.install(blp, settings, prefix=PREFIX)
+    if gate is not None:
+        gate(blp, PREFIX)
+    else:
+        protect.install(blp, settings, prefix=PREFIX)
     return blp
