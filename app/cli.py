@@ -1,4 +1,5 @@
-"""The ``interlace`` command: ``serve`` (gunicorn), ``db upgrade``, ``config``.
+"""The ``interlace`` command: ``serve`` (gunicorn), ``mllp``, ``worker``, ``up`` (all three), ``db upgrade``,
+``config``, ``hl7v2 reprocess``, ``events``, ``clients``, ``tokens``.
 
 Settings come only from the environment (``app.config``); flags override the few that matter when serving. A bad
 setting ends the command with one line naming the variable and exit status 2, never a traceback.
@@ -341,6 +342,234 @@ def events_replay(letter_id: str | None, replay_all: bool, since: datetime | Non
             assert since is not None
             since = since if since.tzinfo else since.replace(tzinfo=UTC)
             click.echo(f"queued {replay_since(backbone, since, consumer)} resources changed since {since.isoformat()}")
+
+
+@cli.command()
+@click.option("--host", help="Interface for the FHIR API and the MLLP listener [INTERLACE_HOST / _MLLP_HOST].")
+@click.option("--port", type=click.IntRange(0, 65535), help="FHIR API port [INTERLACE_PORT, 8080].")
+@click.option("--mllp-port", type=click.IntRange(0, 65535), help="MLLP port [INTERLACE_MLLP_PORT, 2575].")
+def up(host: str | None, port: int | None, mllp_port: int | None) -> None:
+    """Run everything on one machine: the FHIR API (gunicorn), the MLLP listener and the event worker.
+
+    One embedded Redis (when REDIS_URL is unset) is shared by all three; SIGINT/SIGTERM stops them together.
+    In production run `serve`, `mllp` and `worker` as separate services instead.
+    """
+    import signal
+    import subprocess
+
+    settings = _settings(host=host, port=port, mllp_host=host, mllp_port=mllp_port)
+    _ensure_data_dir(settings)
+    click.echo(_upgrade(settings), err=True)
+    embedded = None
+    env = dict(os.environ)
+    if not settings.redis_url:
+        try:
+            embedded = start_embedded_redis(settings.data_dir)
+        except RedisUnavailable as exc:
+            raise _StartupExit(str(exc)) from None
+        settings = settings.with_overrides(redis_url=embedded.url)
+        env[env_name("redis_url")] = embedded.url
+    env[env_name("mllp_host")] = settings.mllp_host
+    env[env_name("mllp_port")] = str(settings.mllp_port)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "app.cli", "mllp", "--no-upgrade"], env=env),
+        subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--no-upgrade"], env=env),
+    ]
+
+    def stop_children(*_: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    try:
+        InterlaceServer(settings).run()
+    finally:
+        stop_children()
+        if embedded is not None:
+            embedded.stop()
+
+
+@cli.group("hl7v2")
+def hl7v2_group() -> None:
+    """The HL7v2 message store."""
+
+
+@hl7v2_group.command("reprocess")
+@click.argument("message_id", required=False)
+@click.option("--status", type=click.Choice(["error", "rejected", "received"]), help="Reprocess every message in it.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+def hl7v2_reprocess(message_id: str | None, status: str | None, limit: int) -> None:
+    """Translate and commit stored messages again (after a mapping fix): one ID, or all in --status."""
+    from app.fhir.errors import FhirError
+    from app.wiring import build_ingest, build_services
+
+    if bool(message_id) == bool(status):
+        raise click.UsageError("give exactly one of MESSAGE_ID or --status")
+    settings = _settings()
+    services = build_services(settings)
+    ingest = build_ingest(settings, services)
+    try:
+        if message_id:
+            try:
+                records = [ingest.reprocess(message_id)]
+            except FhirError as exc:
+                raise _StartupExit(f"message {message_id}: {exc.diagnostics}") from None
+        else:
+            assert status is not None
+            records = ingest.reprocess_all(status, limit=limit)
+        counts: dict[str, int] = {}
+        for n, rec in enumerate(records, 1):
+            counts[rec.status] = counts.get(rec.status, 0) + 1
+            if len(records) > 20 and n % 20 == 0:
+                click.echo(f"{n}/{len(records)} reprocessed", err=True)
+        click.echo(f"reprocessed {len(records)}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    finally:
+        ingest.messages.close()
+        services.close()
+
+
+@contextmanager
+def _oauth() -> Iterator[Any]:
+    from app.auth.clients import RegistrationError
+    from app.wiring import build_oauth
+
+    settings = _settings()
+    oauth = build_oauth(settings)
+    try:
+        yield oauth
+    except RegistrationError as exc:
+        raise _StartupExit(str(exc)) from None
+    finally:
+        oauth.close()
+
+
+@cli.group()
+def clients() -> None:
+    """The SMART/OAuth2 client registry."""
+
+
+@clients.command("add")
+@click.argument("client_id")
+@click.option("--scope", "scopes", required=True, help="Registered (maximum) scopes, space-separated.")
+@click.option("--name", default="")
+@click.option("--jwks", "jwks_file", type=click.File(), help="Public keys (JWKS JSON file): private_key_jwt.")
+@click.option("--jwks-uri", help="Where the client publishes its JWKS: private_key_jwt.")
+@click.option("--secret", is_flag=True, help="A confidential client with client_secret_basic (secret printed once).")
+@click.option("--grant", "grants", multiple=True, default=("client_credentials",), show_default=True)
+@click.option("--redirect-uri", "redirect_uris", multiple=True)
+@click.option("--patient", help="Bind the client to this Patient id: every token is confined to its compartment.")
+@click.option("--rate-limit", type=click.IntRange(min=1), help="Requests per minute.")
+def clients_add(
+    client_id: str,
+    scopes: str,
+    name: str,
+    jwks_file: Any,
+    jwks_uri: str | None,
+    secret: bool,
+    grants: tuple[str, ...],
+    redirect_uris: tuple[str, ...],
+    patient: str | None,
+    rate_limit: int | None,
+) -> None:
+    """Register a client."""
+    from app.auth.clients import registration_from_json
+
+    entry: dict[str, Any] = {"client_id": client_id, "name": name, "scopes": scopes, "grant_types": list(grants)}
+    if jwks_file is not None:
+        entry["jwks"] = json.load(jwks_file)
+    if jwks_uri:
+        entry["jwks_uri"] = jwks_uri
+    if secret:
+        entry["token_endpoint_auth_method"] = "client_secret_basic"
+    if redirect_uris:
+        entry["redirect_uris"] = list(redirect_uris)
+    if patient:
+        entry["patient"] = patient
+    if rate_limit:
+        entry["rate_limit"] = rate_limit
+    with _oauth() as oauth:
+        reg, issued = oauth.add_client(registration_from_json(entry))
+    click.echo(f"registered {reg.client_id}")
+    if issued:
+        click.echo(f"client secret (shown once, store it now): {issued}")
+
+
+@clients.command("import")
+@click.argument("path", type=click.File())
+def clients_import(path: Any) -> None:
+    """Create or update clients from a JSON file of registrations (client_id, jwks, scopes, grant_types, patient)."""
+    from app.auth.clients import read_registrations
+
+    with _oauth() as oauth:
+        results = oauth.import_clients(read_registrations(path.read()))
+    for client_id, outcome in results:
+        click.echo(f"{outcome} {client_id}")
+
+
+@clients.command("list")
+def clients_list() -> None:
+    """Registered clients as JSON (secrets never shown)."""
+    with _oauth() as oauth:
+        _echo_json([c.public_view() for c in oauth.list_clients()])
+
+
+@clients.command("disable")
+@click.argument("client_id")
+def clients_disable(client_id: str) -> None:
+    """Disable a client: no new tokens, its refresh tokens revoked."""
+    with _oauth() as oauth:
+        oauth.set_client_disabled(client_id, True)
+    click.echo(f"disabled {client_id}")
+
+
+@clients.command("enable")
+@click.argument("client_id")
+def clients_enable(client_id: str) -> None:
+    """Enable a disabled client again."""
+    with _oauth() as oauth:
+        oauth.set_client_disabled(client_id, False)
+    click.echo(f"enabled {client_id}")
+
+
+@clients.command("rotate")
+@click.argument("client_id")
+@click.option("--jwks", "jwks_file", type=click.File(), help="New public keys (JWKS JSON file).")
+@click.option("--jwks-uri", help="New JWKS location.")
+def clients_rotate(client_id: str, jwks_file: Any, jwks_uri: str | None) -> None:
+    """New credentials: a fresh secret (printed once) or new public keys."""
+    jwks = json.load(jwks_file) if jwks_file is not None else None
+    with _oauth() as oauth:
+        issued = oauth.rotate_client(client_id, jwks=jwks, jwks_uri=jwks_uri)
+    click.echo(f"rotated {client_id}")
+    if issued:
+        click.echo(f"client secret (shown once, store it now): {issued}")
+
+
+@cli.group()
+def tokens() -> None:
+    """Operator-issued access tokens."""
+
+
+@tokens.command("mint")
+@click.option("--client", "client_id", required=True)
+@click.option("--scope", required=True, help="Scopes, narrowed to what the client is registered for.")
+@click.option("--patient", help="Launch context patient (a bound client's own patient always applies).")
+@click.option("--lifetime", type=click.IntRange(min=1, max=3600), help="Seconds.")
+def tokens_mint(client_id: str, scope: str, patient: str | None, lifetime: int | None) -> None:
+    """Issue an access token for a registered client (for operations and tests) and print the token response."""
+    from app.services.oauth import ServerUrls
+
+    settings = _settings()
+    with _oauth() as oauth:
+        response = oauth.mint_token(
+            client_id, scope, ServerUrls.from_settings(settings), patient=patient, lifetime=lifetime
+        )
+    _echo_json(response)
 
 
 @cli.group()

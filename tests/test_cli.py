@@ -174,3 +174,64 @@ def test_events_dead_lists_nothing_on_a_fresh_install(tmp_path: Path) -> None:
     result = run_interlace(["events", "dead"], {}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+REDIS_URL = os.environ.get("INTERLACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def test_clients_add_list_then_tokens_mint_narrows_to_the_registration(env: dict[str, str], tmp_path: Path) -> None:
+    run = CliRunner()
+    cli_env = {"INTERLACE_REDIS_URL": REDIS_URL}
+    assert run.invoke(cli, ["db", "upgrade"], env=cli_env).exit_code == 0
+    added = run.invoke(
+        cli, ["clients", "add", "lab-feed", "--scope", "system/Observation.cruds", "--secret"], env=cli_env
+    )
+    assert added.exit_code == 0, added.output
+    assert "registered lab-feed" in added.stdout
+    secret_line = [line for line in added.stdout.splitlines() if line.startswith("client secret")]
+    assert secret_line and len(secret_line[0].split(": ", 1)[1]) >= 20
+
+    listed = run.invoke(cli, ["clients", "list"], env=cli_env)
+    assert listed.exit_code == 0, listed.output
+    assert '"client_id": "lab-feed"' in listed.stdout
+    assert "secret_hash" not in listed.stdout and "scrypt" not in listed.stdout
+
+    minted = run.invoke(
+        cli,
+        ["tokens", "mint", "--client", "lab-feed", "--scope", "system/Observation.rs system/Patient.rs"],
+        env=cli_env,
+    )
+    assert minted.exit_code == 0, minted.output
+    assert '"access_token"' in minted.stdout
+    assert '"scope": "system/Observation.rs"' in minted.stdout  # Patient is beyond the registration
+
+    refused = run.invoke(cli, ["tokens", "mint", "--client", "nobody", "--scope", "system/*.rs"], env=cli_env)
+    assert refused.exit_code == 1
+    assert "not registered" in refused.output
+
+
+def test_clients_disable_stops_minting(env: dict[str, str]) -> None:
+    run = CliRunner()
+    cli_env = {"INTERLACE_REDIS_URL": REDIS_URL}
+    assert run.invoke(cli, ["db", "upgrade"], env=cli_env).exit_code == 0
+    assert (
+        run.invoke(cli, ["clients", "add", "old-app", "--scope", "system/*.rs", "--secret"], env=cli_env).exit_code == 0
+    )
+    assert run.invoke(cli, ["clients", "disable", "old-app"], env=cli_env).exit_code == 0
+    minted = run.invoke(cli, ["tokens", "mint", "--client", "old-app", "--scope", "system/*.rs"], env=cli_env)
+    assert minted.exit_code == 1
+    assert "disabled" in minted.output
+
+
+def test_hl7v2_reprocess_needs_exactly_one_target(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(cli, ["hl7v2", "reprocess"])
+    assert result.exit_code == 2
+    assert "exactly one of MESSAGE_ID or --status" in result.output
+
+
+def test_hl7v2_reprocess_of_an_unknown_message_says_so(env: dict[str, str]) -> None:
+    run = CliRunner()
+    assert run.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    result = run.invoke(cli, ["hl7v2", "reprocess", "no-such-message"])
+    assert result.exit_code == 1
+    assert "no-such-message" in result.output

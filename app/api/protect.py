@@ -24,7 +24,7 @@ def install(blueprint: Blueprint, settings: Settings, *, prefix: str = "/fhir") 
     """Guard every request to ``blueprint`` according to ``settings.auth``."""
     if not settings.auth:
         log.warning(
-            "INTERLACE_AUTH=off: the FHIR API at %s accepts requests WITHOUT authentication. "
+            "INTERLACE_AUTH=off: %s accepts requests WITHOUT authentication. "
             "Use this for local development only; never expose it to real patient data.",
             prefix,
         )
