@@ -917,6 +917,8 @@ def _token_lookup(dialect: str, keys: list[tuple[str, str, str, str]]) -> tuple[
     t = idx_token.c
     ors = [sa.and_(t.resource_type == a, t.param == b, t.code == d, t.system == c) for a, b, c, d in keys]
     return _TOKEN_SELECT.where(sa.or_(*ors)), {}
+
+
 # ``lock_many``: unnest yields the sorted ids in order, and each row takes its lock before the next one is read.
 _LOCK_MANY = sa.text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:k AS BIGINT[])) AS u(k)")
 
