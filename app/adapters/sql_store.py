@@ -80,6 +80,8 @@ MAX_INCLUDED = 2000
 # SQLite has no autovacuum/analyze: refresh planner statistics every this many write sessions (see SqlStore.analyze).
 SQLITE_ANALYZE_EVERY = 2000
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The read engine's connections are replaced this often, which also drops PostgreSQL's cached plans.
+READ_POOL_RECYCLE_SECONDS = 300
 
 
 # ---------------------------------------------------------------- schema
@@ -299,11 +301,16 @@ def _make_read_engine(url: str, *, pool_size: int = 10) -> Engine:
             conn.exec_driver_sql("BEGIN")
 
         return engine
-    engine = sa.create_engine(
-        parsed, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+    # Unlike sessions (see _pg_connect), the hot reads keep PostgreSQL's generic plans: planning a search costs more
+    # than running it. A generic plan made while a table was tiny cannot outlive a recycled connection, though.
+    return sa.create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,
+        pool_recycle=READ_POOL_RECYCLE_SECONDS,
     )
-    event.listen(engine, "connect", _pg_connect)
-    return engine
 
 
 _COLUMNS = "pk, resource_type, id, version_id, last_updated, deleted, content"
