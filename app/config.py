@@ -83,6 +83,7 @@ class Settings:
     odoo_version: int = 17
     odoo_payment_lease: int = 300  # seconds before a crashed worker's payment reservation is taken over
     erp_bill_claims: bool = False  # bill Claims (with their ChargeItems) when no FHIR Invoice is used
+    erp_bill_charge_items: str = "off"  # standalone ChargeItems (DFT): off | per-encounter | per-account
     erp_code_systems: str = ""  # extra billing code systems: "system=prefix,..." (prefix may be empty)
     # event backbone (outbox -> Redis Streams -> consumers): app/adapters/redis_bus.py
     events_prefix: str = "interlace:events"
@@ -162,6 +163,14 @@ def parse_pairs(name: str, raw: str) -> dict[str, str]:
 
 
 def _check_erp_settings(values: dict[str, Any]) -> None:
+    if "erp_bill_charge_items" in values:
+        mode = values["erp_bill_charge_items"].strip().lower()
+        if mode not in {"off", "per-encounter", "per-account"}:
+            raise ConfigError(
+                f"{PREFIX}ERP_BILL_CHARGE_ITEMS={values['erp_bill_charge_items']!r}: "
+                "expected off, per-encounter or per-account"
+            )
+        values["erp_bill_charge_items"] = mode
     if values.get("odoo_tax_map"):
         parse_pairs("ODOO_TAX_MAP", values["odoo_tax_map"])
     if values.get("erp_code_systems"):

@@ -154,7 +154,11 @@ def build_events(settings: Settings, services: Services, *, gateway: Any = None)
     erp = None
     if gateway is not None:
         systems = {**DEFAULT_CODE_SYSTEMS, **parse_pairs("ERP_CODE_SYSTEMS", settings.erp_code_systems)}
-        options = ErpSyncOptions(mapping=MappingOptions(code_systems=systems), bill_claims=settings.erp_bill_claims)
+        options = ErpSyncOptions(
+            mapping=MappingOptions(code_systems=systems),
+            bill_claims=settings.erp_bill_claims,
+            bill_charge_items=settings.erp_bill_charge_items,
+        )
         erp = ErpSync(services.store, gateway, states, options, registry=services.registry)
     return EventBackbone(settings, services, bus, outbox, states, erp, gateway)
 

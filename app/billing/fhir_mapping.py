@@ -550,3 +550,91 @@ def payment_from_claim_response(resource: Resource, invoice: ExternalId | None =
         payment_date=paid_on,
         memo=f"Remittance {remittance}",
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# standalone ChargeItems (an HL7v2 DFT feed, or a FHIR client that sends charges but no Invoice/Claim)
+# ---------------------------------------------------------------------------------------------------------------
+EXT_TRANSACTION_TYPE = "https://interlace.dev/fhir/StructureDefinition/v2-transaction-type"
+# v2 table 0017: CD is the standard "credit"; CR is what some senders use for the same thing
+CREDIT_TRANSACTION_TYPES = frozenset({"CD", "CR"})
+
+
+def _transaction_type(charge_item: Resource) -> str | None:
+    for ext in charge_item.get("extension", []) or []:
+        if ext.get("url") == EXT_TRANSACTION_TYPE:
+            return str((ext.get("valueCoding") or {}).get("code") or "").upper() or None
+    return None
+
+
+def charge_item_net(charge_item: Resource, where: str = "ChargeItem") -> Decimal:
+    """The line amount of a ChargeItem: its ``priceOverride`` (the line total, as for Claims), negative for a
+    credit (FT1-6 CD/CR) whatever sign the sender used."""
+    net = _money(charge_item.get("priceOverride"), f"{where}.priceOverride")
+    if _transaction_type(charge_item) in CREDIT_TRANSACTION_TYPES:
+        net = -abs(net)
+    return net.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def charge_item_payer(charge_item: Resource, resolve: Resolver) -> Any:
+    """Who a standalone charge is billed to: the guarantor of its Account (first ``guarantor.party``), else its
+    subject (the patient)."""
+    for account_ref in charge_item.get("account", []) or []:
+        account = resolve(_ref(account_ref) or "")
+        for guarantor in (account or {}).get("guarantor", []) or []:
+            if guarantor.get("onHold"):
+                continue
+            if _ref(guarantor.get("party")):
+                return guarantor["party"]
+    return charge_item.get("subject")
+
+
+def invoice_from_charge_items(
+    source: str,
+    charge_items: Sequence[Resource],
+    resolve: Resolver,
+    options: MappingOptions = DEFAULT_OPTIONS,
+) -> Invoice:
+    """Billable ChargeItems of one Encounter or Account -> one posted invoice, one line per ChargeItem.
+
+    ``source`` is the stable business key of the document (``Encounter/e1#charges``); it becomes the external id
+    and the ERP ``ref``. A credit is a negative line; when the credits outweigh the charges the document is a
+    credit note with the signs turned, because an ERP will not post an invoice with a negative total.
+    """
+    if not charge_items:
+        raise BillingMappingError("No ChargeItem to bill", expression=["ChargeItem"])
+    first = charge_items[0]
+    payer_ref = charge_item_payer(first, resolve)
+    partner = partner_from_resource(_resolve(payer_ref, resolve, "ChargeItem.subject"))
+    lines: list[InvoiceLine] = []
+    days: list[date] = []
+    currencies = set()
+    for idx, ci in enumerate(charge_items):
+        where = f"ChargeItem[{idx}]"
+        product = product_from_code(ci.get("code"), options)
+        when = ci.get("occurrenceDateTime") or (ci.get("occurrencePeriod") or {}).get("start")
+        day = _date(when)
+        if day:
+            days.append(day)
+        if (ci.get("priceOverride") or {}).get("currency"):
+            currencies.add(ci["priceOverride"]["currency"])
+        q, unit = _split_price(charge_item_net(ci, where), _quantity(ci))
+        lines.append(InvoiceLine(product, _description(product, when), q, unit))
+    if len(currencies) > 1:
+        raise BillingMappingError(f"ChargeItems of {source} are in more than one currency: {sorted(currencies)}")
+    kind: Any = "invoice"
+    if sum((ln.subtotal for ln in lines), Decimal(0)) < 0:
+        kind = "credit_note"
+        lines = [InvoiceLine(ln.product, ln.description, ln.quantity, -ln.unit_price, ln.taxes) for ln in lines]
+    return Invoice(
+        external_id=ExternalId("invoice", source),  # one key per document, whichever way its total falls
+        ref=source,
+        kind=kind,
+        partner=partner,
+        lines=tuple(lines),
+        post=True,
+        invoice_date=max(days) if days else None,
+        payment_reference=source.split("/", 1)[0] + " charges",  # no FHIR id: it is printed for the customer
+        narration=_patient_note(first.get("subject"), payer_ref, resolve),
+        currency=currencies.pop() if currencies else None,
+    )

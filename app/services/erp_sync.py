@@ -20,6 +20,27 @@ What makes it safe to run again and again:
 Which resources: Invoice (and Claim when ``bill_claims``), PaymentReconciliation and ClaimResponse payments,
 ChargeItem codes (products), and Patient/RelatedPerson/Organization once they have been billed (partners).
 Coverage is read when a Claim needs its payer, never pushed by itself.
+
+Standalone ChargeItems (``bill_charge_items``: ``per-encounter`` or ``per-account``; an HL7v2 DFT^P03 makes only
+ChargeItems) are billed the way a finance team expects a visit to be billed:
+* The billable ChargeItems (status ``billable``) of one Encounter (``ChargeItem.context``) or Account
+  (``ChargeItem.account``) that no Invoice (``lineItem.chargeItemReference``) and no billed Claim (same encounter)
+  covers become one posted customer invoice, one line per ChargeItem, to the Account's guarantor or else the
+  patient. Its business key is ``Encounter/<id>#charges`` (external id and ERP ``ref``), so a resend of the same
+  charges finds it and changes nothing.
+* A posted invoice is never rewritten. Charges that arrive for the encounter after it was posted become a second
+  invoice for the new charges only, keyed by the group plus a hash of those ChargeItem ids
+  (``Encounter/<id>#charges-<sha1[:12]>``); a resend of them finds that one again.
+* A credit (FT1-6 ``CD``, or ``CR``) is a negative line; a document whose total is negative is a credit note.
+* Which ChargeItem went on which document is kept in the projection state of the group (``Encounter/<id>``,
+  ``erp_refs.batches``), written *before* the ERP call (an intent), so a crash between the ERP write and the
+  state write cannot bill a charge twice: the retry upserts the same document under the same key.
+* A ChargeItem changed after it was billed is not re-billed: corrections come as credits (as v2 senders do).
+* Coverage is decided when a charge is billed: an Invoice or Claim that arrives later for charges already billed
+  here is billed too. Charge billing is for feeds that send charges only.
+* Limits: two ``erp`` consumers working on two charges of one group at the same moment are not serialised
+  against each other (the bus leases one resource, not a group); run one consumer per group or accept that the
+  later one may wait for its retry.
 """
 
 from __future__ import annotations
@@ -34,8 +55,10 @@ import orjson
 
 from app.billing.fhir_mapping import (
     DEFAULT_OPTIONS,
+    VOID_STATUSES,
     BillingMappingError,
     MappingOptions,
+    invoice_from_charge_items,
     invoice_from_claim,
     invoice_from_fhir,
     partner_from_resource,
@@ -64,6 +87,7 @@ WRITE_BACK_RETRIES = 3
 class ErpSyncOptions:
     mapping: MappingOptions = DEFAULT_OPTIONS
     bill_claims: bool = False  # Claims (with their ChargeItems) become invoices when no FHIR Invoice is used
+    bill_charge_items: str = "off"  # standalone ChargeItems: off | per-encounter | per-account
     erp_name: str = "odoo"
     write_back: bool = True
 
@@ -92,6 +116,24 @@ def business_hash(resource: Mapping[str, Any]) -> str:
 def _split(reference: str) -> tuple[str, str]:
     rtype, _, rid = reference.partition("/")
     return rtype, rid
+
+
+def _reference(value: Any) -> str | None:
+    ref = value.get("reference") if isinstance(value, Mapping) else None
+    return ref if isinstance(ref, str) and "/" in ref and not ref.startswith(("#", "urn:")) else None
+
+
+@dataclass
+class _ChargeGroup:
+    """The billable, uncovered ChargeItems of one Encounter/Account, read in one snapshot."""
+
+    group: str  # "Encounter/e1"
+    charge_items: dict[str, dict[str, Any]]  # "ChargeItem/x" -> resource
+
+
+def _batch_key(group: str, refs: list[str]) -> str:
+    digest = hashlib.sha1(",".join(sorted(refs)).encode("utf-8")).hexdigest()[:12]
+    return f"{group}#charges-{digest}"
 
 
 class ErpSync:
@@ -230,6 +272,50 @@ class ErpSync:
         query = parse_search(["ChargeItem"], {"context": [",".join(encounters)]}, self.registry, max_count=1000)
         return [r.as_dict() for r in iter_pages(s, query) if r.content is not None]
 
+    def _search(self, s: StoreSession, rtype: str, params: dict[str, list[str]]) -> list[dict[str, Any]]:
+        from app.fhir.search import parse_search
+        from app.fhir.store import iter_pages
+
+        query = parse_search([rtype], params, self.registry, max_count=1000)
+        return [r.as_dict() for r in iter_pages(s, query) if r.content is not None]
+
+    def _charge_group_of(self, doc: Mapping[str, Any]) -> str | None:
+        mode = self.options.bill_charge_items
+        if mode == "off" or self.registry is None or doc.get("status") != "billable":
+            return None
+        if mode == "per-encounter":
+            ref = _reference(doc.get("context"))
+            return ref if ref and ref.startswith("Encounter/") else None
+        refs = [_reference(a) for a in doc.get("account", []) or []]
+        return next((r for r in refs if r and r.startswith("Account/")), None)
+
+    def _charge_group(self, s: StoreSession, group: str) -> _ChargeGroup:
+        """The group's billable ChargeItems minus those an Invoice or a billed Claim already covers."""
+        param = "context" if group.startswith("Encounter/") else "account"
+        items = [d for d in self._search(s, "ChargeItem", {param: [group]}) if d.get("status") == "billable"]
+        covered: set[str] = set()
+        patients = sorted({r for d in items if (r := _reference(d.get("subject")))})
+        if patients:
+            for inv in self._search(s, "Invoice", {"subject": [",".join(patients)]}):
+                if inv.get("status") in VOID_STATUSES:
+                    continue
+                for line in inv.get("lineItem", []) or []:
+                    if ref := _reference(line.get("chargeItemReference")):
+                        covered.add(ref)
+        encounters = sorted({r for d in items if (r := _reference(d.get("context")))})
+        if self.options.bill_claims and encounters:
+            claimed = {
+                ref
+                for claim in self._search(s, "Claim", {"encounter": [",".join(encounters)]})
+                if claim.get("status") not in VOID_STATUSES
+                for item in claim.get("item", []) or []
+                for enc in item.get("encounter", []) or []
+                if (ref := _reference(enc))
+            }
+            covered |= {f"ChargeItem/{d['id']}" for d in items if _reference(d.get("context")) in claimed}
+        by_ref = {f"ChargeItem/{d['id']}": d for d in items}
+        return _ChargeGroup(group, {ref: d for ref, d in sorted(by_ref.items()) if ref not in covered})
+
     # -- mapping (inside the read session) -----------------------------------------------------------------
     def _map(self, s: StoreSession, rtype: str, doc: dict[str, Any], deleted: bool) -> tuple[str, Any, Any]:
         """(kind, billing record(s), extra) -- everything the ERP calls need, read in one snapshot."""
@@ -255,9 +341,17 @@ class ErpSync:
             return "payments", [payment] if payment else [], seen
         if rtype == "ChargeItem":
             try:
-                return "product", product_from_code(doc.get("code"), opts), seen
+                product = product_from_code(doc.get("code"), opts)
             except BillingMappingError as exc:
                 return "skip", exc.diagnostics, seen  # not a billing code we know: nothing to push, no alarm
+            group = self._charge_group_of(doc)
+            if group is None:
+                return "product", product, seen
+            charges = self._charge_group(s, group)
+            if charges.charge_items:
+                # map once here: resolves (into ``seen``) every party the ERP call needs, and fails early
+                invoice_from_charge_items(group, list(charges.charge_items.values()), resolve, opts)
+            return "charges", (product, charges, f"ChargeItem/{doc.get('id')}"), seen
         return "partner", partner_from_resource(doc), {f"{rtype}/{doc.get('id')}": doc}
 
     # -- ERP calls (outside any database transaction) ---------------------------------------------------------
@@ -274,7 +368,70 @@ class ErpSync:
             return _Outcome(refs={"erp": erp, "model": "product.product", "ids": [product_id]})
         if kind == "invoice":
             return self._project_invoice(record, seen)
+        if kind == "charges":
+            product, charges, own = record
+            product_id = self.gateway.upsert_product(product)
+            outcome = self._bill_charges(charges, seen, own)
+            outcome.refs = {"erp": erp, "model": "product.product", "ids": [product_id], **outcome.refs}
+            return outcome
         return self._project_payments(record)
+
+    def _bill_charges(self, charges: _ChargeGroup, seen: Mapping[str, Mapping[str, Any]], own: str) -> _Outcome:
+        """Put every billable charge of the group on exactly one ERP document (see the module docstring)."""
+        gtype, gid = _split(charges.group)
+        prev = self.states.get(CONSUMER, gtype, gid)
+        refs = dict(prev.erp_refs) if prev else {}
+        batches: dict[str, list[str]] = {k: list(v) for k, v in (refs.get("batches") or {}).items()}
+        posted: dict[str, int] = dict(refs.get("posted") or {})  # document key -> ERP id, once final
+        assigned = {ref for refs_ in batches.values() for ref in refs_}
+        new = [ref for ref in charges.charge_items if ref not in assigned]
+        primary = f"{charges.group}#charges"
+        if new:
+            target = primary
+            if primary in posted:
+                target = _batch_key(charges.group, new)
+            elif primary in batches:  # planned before: is it final in the ERP already (a crash after posting)?
+                found = self.gateway.invoice_state(ExternalId("invoice", primary))
+                if found is not None and found.state != "draft":
+                    posted[primary] = found.erp_id
+                    target = _batch_key(charges.group, new)
+            batches[target] = sorted({*batches.get(target, []), *new})
+            self._save_group(gtype, gid, batches, posted)  # the intent, before the ERP hears of it
+        resolve = seen.get
+        parties: dict[str, Mapping[str, Any]] = {}
+        for key, members in batches.items():
+            if key in posted:
+                continue
+            docs = [charges.charge_items[r] for r in members if r in charges.charge_items]
+            if not docs:
+                continue  # its charges stopped being billable before it reached the ERP: nothing to bill
+            invoice = invoice_from_charge_items(key, docs, resolve, self.options.mapping)
+            state = self.gateway.upsert_invoice(invoice)
+            if state.state != "draft":
+                posted[key] = state.erp_id
+            if invoice.partner.ref in seen:
+                parties[invoice.partner.ref] = seen[invoice.partner.ref]
+        self._save_group(gtype, gid, batches, posted)
+        mine = next((k for k, members in batches.items() if own in members), None)
+        out: dict[str, Any] = {"document": mine, "invoice": posted.get(mine)} if mine else {}
+        return _Outcome(refs=out, parties=parties, message=None if mine else "covered by an Invoice or a Claim")
+
+    def _save_group(self, gtype: str, gid: str, batches: dict[str, list[str]], posted: dict[str, int]) -> None:
+        self.states.save(
+            ProjectionState(
+                consumer=CONSUMER,
+                resource_type=gtype,
+                resource_id=gid,
+                status="projected" if set(batches) <= set(posted) else "pending",
+                erp_refs={
+                    "erp": self.options.erp_name,
+                    "model": "account.move",
+                    "ids": sorted(posted.values()),
+                    "batches": batches,
+                    "posted": posted,
+                },
+            )
+        )
 
     def _project_invoice(
         self, record: Invoice | InvoiceCancellation, seen: Mapping[str, Mapping[str, Any]]
