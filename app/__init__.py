@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     api = api_errors.FhirApi(app)
     gate = admin_gate = None
     if settings.auth:  # SMART on FHIR: bearer tokens, scopes enforced by the router, audit, rate limits
-        from app.api import access_gate, smart
+        from app.api import access_gate, admin_clients, smart
         from app.wiring import build_auth
 
         auth = services.auth = build_auth(settings, services)
@@ -79,6 +79,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         def admin_gate(blp: Any, prefix: str) -> None:
             access_gate.install(blp, auth.oauth, settings, limiter=auth.limiter, audit=auth.audit, prefix=prefix)
             require_system_scope(blp, prefix)
+
+        # the client registry's admin API: same gate as /hl7v2 and /erp, changes audited
+        api.register_blueprint(admin_clients.create_blueprint(auth.oauth, gate=admin_gate, audit=auth.audit))
 
     api.register_blueprint(fhir_rest.create_blueprint(services.router, settings, gate=gate))
     ingest = build_ingest(settings, services)
