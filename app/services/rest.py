@@ -33,7 +33,7 @@ from app.fhir import bundle as fhir_bundle
 from app.fhir import model as fhir_model
 from app.fhir import patch as fhir_patch
 from app.fhir import search as fhir_search
-from app.fhir.capability import capability_statement
+from app.fhir.capability import SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, capability_statement
 from app.fhir.errors import (
     BadRequest,
     FhirError,
@@ -50,20 +50,6 @@ from app.fhir.query import IdClause, SearchQuery
 from app.fhir.store import ResourceStore, StoredResource, StoreSession, iter_pages
 from app.fhir.values import parse_date_range
 from app.services.access import AccessGuard
-
-# Interactions this router serves, as CapabilityStatement codes (type level / system level).
-TYPE_INTERACTIONS: tuple[str, ...] = (
-    "read",
-    "vread",
-    "update",
-    "patch",
-    "delete",
-    "history-instance",
-    "history-type",
-    "create",
-    "search-type",
-)
-SYSTEM_INTERACTIONS: tuple[str, ...] = ("transaction", "batch", "search-system", "history-system")
 
 log = logging.getLogger("interlace.rest")
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
-import sqlalchemy as sa
 
-from app.adapters.sql_store import MIGRATIONS_DIR, SqlStore, metadata, upgrade_database
+from app.adapters.sql_store import SqlStore, metadata, upgrade_database
 from app.fhir.errors import BadRequest, Conflict, FhirError, Gone, NotFound, PreconditionFailed, StoreUnavailable
 from app.fhir.indexing import default_indexer
 from app.fhir.query import (
@@ -28,6 +27,7 @@ from app.fhir.query import (
 from app.fhir.registry import default_registry
 from app.fhir.search import parse_search
 from app.fhir.store import StoredResource, iter_pages
+from tests.migrations import assert_migrations_build
 
 # ---------------------------------------------------------------- helpers
 
@@ -95,26 +95,7 @@ def scripted(database_url: str) -> Iterator[tuple[SqlStore, ScriptedIndexer]]:
 
 
 def test_migrations_build_exactly_the_tables_the_store_queries(database_url: str) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    upgrade_database(database_url)
-    upgrade_database(database_url)  # idempotent
-
-    def ours(name: str | None, type_: str, parent: Any) -> bool:  # other adapters' tables are not ours to check
-        return type_ != "table" or name in metadata.tables
-
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": False, "include_name": ours})
-            diff = compare_metadata(context, metadata)
-            version = context.get_current_revision()
-    finally:
-        engine.dispose()
-    assert diff == []
-    assert version == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert_migrations_build(database_url, metadata)
 
 
 def test_unreachable_database_raises_store_unavailable() -> None:

@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from app.adapters.outbox_sql import event_outbox, metadata
-from app.adapters.sql_store import MIGRATIONS_DIR, upgrade_database
 from tests.events.resources import PATIENT, put
+from tests.migrations import assert_migrations_build
 
 
 def _rows(backbone: Any) -> list[Any]:
@@ -19,25 +19,7 @@ def _rows(backbone: Any) -> list[Any]:
 
 
 def test_migration_0004_builds_exactly_the_outbox_tables_the_adapter_queries(database_url: str) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    upgrade_database(database_url)
-
-    def ours(name: str | None, type_: str, parent: Any) -> bool:
-        return type_ != "table" or name in metadata.tables
-
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": False, "include_name": ours})
-            diff = compare_metadata(context, metadata)
-            version = context.get_current_revision()
-    finally:
-        engine.dispose()
-    assert diff == []
-    assert version == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert_migrations_build(database_url, metadata)
 
 
 def test_create_update_delete_each_write_one_outbox_row_with_the_version(backbone: Any) -> None:

@@ -7,12 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from app.adapters.message_store import SqlMessageStore, metadata
-from app.adapters.sql_store import MIGRATIONS_DIR, upgrade_database
 from app.fhir.errors import BadRequest
 from app.services.ports import MessageHeaderFacts, MessageQuery
+from tests.migrations import assert_migrations_build
 
 
 def facts(control_id: str = "C1", code: str = "ADT", trigger: str = "A01", facility: str = "FAC") -> MessageHeaderFacts:
@@ -20,25 +19,7 @@ def facts(control_id: str = "C1", code: str = "ADT", trigger: str = "A01", facil
 
 
 def test_migration_builds_exactly_the_table_the_adapter_queries(database_url: str) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    upgrade_database(database_url)
-
-    def ours(name: str | None, type_: str, parent: Any) -> bool:
-        return type_ != "table" or name in metadata.tables
-
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": False, "include_name": ours})
-            diff = compare_metadata(context, metadata)
-            version = context.get_current_revision()
-    finally:
-        engine.dispose()
-    assert diff == []
-    assert version == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert_migrations_build(database_url, metadata)
 
 
 def test_second_delivery_of_a_control_id_is_stored_as_a_duplicate(messages: SqlMessageStore) -> None:
