@@ -157,6 +157,7 @@ class InterlaceServer(BaseApplication):
             "on_starting": self._on_starting,
             "when_ready": self._when_ready,
             "on_exit": self._on_exit,
+            "worker_exit": self._worker_exit,
         }
         # gunicorn >= 24 opens a control socket at one fixed path per user; several servers (tests) would clash.
         if "control_socket_disable" in self.cfg.settings:
@@ -180,6 +181,17 @@ class InterlaceServer(BaseApplication):
         for listener in arbiter.LISTENERS:
             auth = "on" if self.settings.auth else f"OFF ({env_name('auth')}=off)"
             arbiter.log.info("Interlace FHIR API at http://%s/fhir (auth %s)", _address(listener), auth)
+
+    @staticmethod
+    def _worker_exit(arbiter: Any, worker: Any) -> None:
+        # flush what a worker still holds (queued AuditEvents, pools) when it stops normally
+        app = getattr(worker, "wsgi", None)
+        extensions = getattr(app, "extensions", {})
+        for name in ("interlace.ingest",):
+            if name in extensions:
+                extensions[name].messages.close()
+        if "interlace" in extensions:
+            extensions["interlace"].close()
 
     def _on_exit(self, arbiter: Any) -> None:
         if self.embedded_redis is not None:

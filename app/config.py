@@ -52,6 +52,7 @@ class Settings:
     default_count: int = 20
     max_count: int = 1000
     db_pool_size: int = 10
+    audit_flush_ms: int = 250  # AuditEvents are batched this long; 0 writes each one in its request
     log_level: str = "INFO"
     # HL7v2 MLLP listener (``interlace mllp``): see app/mllp/main.py
     mllp_host: str = "127.0.0.1"
@@ -207,7 +208,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if isinstance(default, bool):
             values[name] = _bool(name.upper(), raw)
         elif isinstance(default, int):
-            values[name] = _int(name.upper(), raw, minimum=0 if name in ("port", "mllp_port") else 1)
+            values[name] = _int(name.upper(), raw, minimum=0 if name in ("port", "mllp_port", "audit_flush_ms") else 1)
         elif isinstance(default, Path):
             values[name] = Path(raw)
         else:

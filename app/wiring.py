@@ -210,7 +210,7 @@ def build_auth(settings: Settings, services: Services) -> AuthServices:
     redis_client = connect_redis(settings)
     oauth = build_oauth(settings, redis_client)
     limiter = ClientRateLimiter(RedisTokenBucket(redis_client), registration_rate(oauth.store.get_client))
-    audit = AuditTrail(services.store)
+    audit = AuditTrail(services.store, interval=settings.audit_flush_ms / 1000)
     services.router.audit = audit.record
     services.router.security = lambda base_url: capability_security(urls_from(settings.issuer, base_url))
     return AuthServices(oauth, limiter, audit, redis_client)

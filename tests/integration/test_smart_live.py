@@ -89,3 +89,27 @@ def test_backend_services_token_drives_fhirclient_and_scopes_hold(start_server) 
     assert [o.subject.reference for o in found] == [f"Patient/{ours_id}"]
     with pytest.raises(FHIRPermissionDeniedException):  # .rs: no create
         Patient({"name": [{"family": "New"}]}).create(bound.server)
+
+
+def test_audit_events_queued_in_a_worker_are_stored_when_the_server_stops(start_server) -> None:
+    """The audit trail batches writes in the background; gunicorn's worker_exit hook flushes it on SIGTERM."""
+    import requests
+    import sqlalchemy as sa
+
+    server = start_server(auth=True, env={"INTERLACE_AUDIT_FLUSH_MS": "600000"})  # only the exit hook writes
+    key = RSAKey.generate_key(2048, private=True)
+    key.ensure_kid()
+    client_id = _register(server, "system/Patient.rs", key)
+    token = _backend_token(server, client_id, key, "system/Patient.rs")["access_token"]
+    marker = f"audit-{uuid.uuid4().hex[:8]}"
+    r = requests.get(f"{server.url}/Patient/{marker}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 404
+    assert server.stop() == 0  # the read's AuditEvent is still queued in the worker
+
+    engine = sa.create_engine(Settings(data_dir=server.data_dir).effective_database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT content FROM resource WHERE resource_type = 'AuditEvent'")).fetchall()
+    finally:
+        engine.dispose()
+    assert any(marker.encode() in bytes(row[0]) for row in rows)
