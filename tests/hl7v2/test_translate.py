@@ -133,6 +133,18 @@ def test_dft_yields_one_charge_item_per_ft1_with_price_and_currency() -> None:
     assert items[0]["resource"]["code"]["coding"][0]["system"] == "http://www.ama-assn.org/go/cpt"
 
 
+def test_ft1_unit_price_times_quantity_is_the_charge_total_exactly() -> None:
+    raw = (
+        MSH.format(type="DFT^P03^DFT_P03", cid="D2")
+        + PID
+        + "FT1|1|T3||20240101||CG|99213^Visit^C4|||3||40.10&USD\r"  # FT1-12 unit price only
+        + "FT1|2|T4||20240101||CG|99214^Visit^C4|||3|100&USD|40.10&USD\r"  # FT1-11 extended price wins
+    ).encode()
+    items = entries(raw, "ChargeItem")
+    assert items[0]["resource"]["priceOverride"] == {"value": 120.3, "currency": "USD"}
+    assert items[1]["resource"]["priceOverride"] == {"value": 100, "currency": "USD"}
+
+
 def test_provenance_targets_every_other_entry_and_points_at_the_stored_message() -> None:
     t = translate(adt("A01"), message_ref="Binary/msg-1")
     prov = t.bundle["entry"][-1]["resource"]

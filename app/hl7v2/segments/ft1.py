@@ -4,6 +4,7 @@ patient + visit + FT1-4 date + FT1-7 code + FT1-1 set id.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from app.hl7v2 import datatypes as dt
@@ -59,7 +60,14 @@ def charge_item(seg: Segment, ctx: Context) -> str | None:
     qty = dt.decimal(seg[10].value)
     if qty is not None:
         res["quantity"] = {"value": qty}
-    price = _money(seg[11][1]) or _money(seg[12][1])
+    # ChargeItem.priceOverride is the charge's TOTAL: FT1-11 (extended price) as sent, else FT1-12 (unit price)
+    # times the quantity -- billing a quantity-2 charge at its unit price would under-bill it.
+    price = _money(seg[11][1])
+    if price is None:
+        price = _money(seg[12][1])
+        if price is not None and qty is not None:
+            total = Decimal(str(price["value"])) * Decimal(str(qty))  # exact: 40.10 x 3 = 120.30, not 120.300...01
+            price["value"] = int(total) if total == total.to_integral_value() else float(total)
     if price:
         res["priceOverride"] = price
     reasons = [c for c in (dt.cwe(r, ctx) for r in seg[19]) if c]
