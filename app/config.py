@@ -79,6 +79,7 @@ class Settings:
     odoo_module: str = "interlace"  # ir.model.data namespace of our external ids
     odoo_sale_journal: str = "INV"
     odoo_payment_journal: str = "BNK1"
+    odoo_account_map: str = ""  # "<code system URI>=<income account code>,*=<code>": revenue account per system
     odoo_tax_map: str = ""  # "CODE=<account.tax id or xmlid>,15%=<...>": source tax -> Odoo tax
     odoo_timeout: int = 30  # seconds per JSON-RPC call
     odoo_version: int = 17
@@ -174,6 +175,8 @@ def _check_erp_settings(values: dict[str, Any]) -> None:
         values["erp_bill_charge_items"] = mode
     if values.get("odoo_tax_map"):
         parse_pairs("ODOO_TAX_MAP", values["odoo_tax_map"])
+    if values.get("odoo_account_map"):
+        parse_pairs("ODOO_ACCOUNT_MAP", values["odoo_account_map"])
     if values.get("erp_code_systems"):
         parse_pairs("ERP_CODE_SYSTEMS", values["erp_code_systems"])
     url = values.get("odoo_url")

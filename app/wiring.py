@@ -121,6 +121,7 @@ def build_odoo_gateway(settings: Settings) -> Any:
         sale_journal_code=settings.odoo_sale_journal,
         payment_journal_code=settings.odoo_payment_journal,
         tax_map=taxes,
+        account_map=parse_pairs("ODOO_ACCOUNT_MAP", settings.odoo_account_map),
         timeout=float(settings.odoo_timeout),
         odoo_version=settings.odoo_version,
         payment_lease=float(settings.odoo_payment_lease),

@@ -167,6 +167,7 @@ class OdooGateway:
         sale_journal_code: str = "INV",
         payment_journal_code: str = "BNK1",
         tax_map: Mapping[str, int | str] | None = None,
+        account_map: Mapping[str, str] | None = None,
         timeout: float = 30.0,
         max_attempts: int = 3,
         backoff: float = 0.5,
@@ -188,6 +189,8 @@ class OdooGateway:
         self.sale_journal_code = sale_journal_code
         self.payment_journal_code = payment_journal_code
         self.tax_map = dict(tax_map or {})
+        # billing code system URI (or "*") -> income account code: which revenue account a service posts to
+        self.account_map = dict(account_map or {})
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
         self.backoff = backoff
@@ -407,6 +410,21 @@ class OdooGateway:
             out.append(tax_id)
         return out
 
+    def _income_account(self, system: str) -> int | None:
+        """The income account configured for products of ``system`` (else ``*``); None: Odoo's journal default."""
+        code = self.account_map.get(system) or self.account_map.get("*")
+        if not code:
+            return None
+
+        def find() -> int | None:
+            ids = self.call("account.account", "search", [[["code", "=", code]]], {"limit": 1})
+            return ids[0] if ids else None
+
+        account = self._cached(("account", code), find)
+        if account is None:
+            raise ErpConfigError(f"no Odoo account with code {code!r} (configure the account mapping)")
+        return account
+
     def _country(self, code: str | None) -> int | bool:
         if not code:
             return False
@@ -455,6 +473,9 @@ class OdooGateway:
         }
         if p.list_price is not None:
             vals["list_price"] = float(p.list_price)
+        income = self._income_account(p.system)
+        if income is not None:
+            vals["property_account_income_id"] = income
         return self._upsert(p.external_id, "product.product", vals, [["default_code", "=", p.default_code]])
 
     def upsert_partner(self, partner: Partner) -> int:

@@ -676,3 +676,19 @@ def test_concurrent_workers_registering_one_payment_pay_once(odoo: FakeOdoo17, g
     assert {r for r in results if isinstance(r, int)} == {payment["id"]}
     assert all(isinstance(r, ErpNotReady) for r in results if not isinstance(r, int))
     assert gateway.register_payment(make_payment()) == payment["id"]  # once the dust settles, everyone agrees
+
+
+def test_products_post_to_the_income_account_mapped_for_their_code_system(odoo: FakeOdoo17) -> None:
+    gateway = OdooGateway(odoo.url, odoo.db_name, "admin", odoo.api_key, timeout=10.0, account_map={CPT: "400000"})
+    product_id = gateway.upsert_product(VISIT)
+    [row] = [p for p in odoo.rows("product.product") if p["id"] == product_id]
+    [income] = [a for a in odoo.rows("account.account") if a["code"] == "400000"]
+    assert row["property_account_income_id"] == income["id"]
+
+
+def test_an_unknown_income_account_code_is_a_configuration_error(odoo: FakeOdoo17) -> None:
+    gateway = OdooGateway(odoo.url, odoo.db_name, "admin", odoo.api_key, timeout=10.0, account_map={"*": "999999"})
+    with pytest.raises(ErpConfigError) as err:
+        gateway.upsert_product(VISIT)
+    assert "999999" in str(err.value)
+    assert not err.value.transient
