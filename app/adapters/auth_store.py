@@ -8,8 +8,7 @@ Every method is one short transaction. Returns the plain records of ``app.auth.c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,9 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Row
 
-from app.adapters.sql_store import _dialect_start, _make_engine
+from app.adapters.sql_store import _make_engine, transaction
 from app.auth.clients import ClientRegistration, GrantRecord, LocalUser, RegistrationError, SigningKeyRecord
-from app.fhir.errors import StoreUnavailable
 
 __all__ = ["SqlAuthStore", "metadata"]
 
@@ -191,25 +189,8 @@ class SqlAuthStore:
     def close(self) -> None:
         self._engine.dispose()
 
-    @contextmanager
-    def _tx(self, write: bool = False) -> Iterator[Connection]:
-        try:
-            conn = self._engine.connect()
-        except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as e:
-            raise StoreUnavailable("the database is unavailable; retry later") from e
-        try:
-            try:
-                _dialect_start(conn, write)
-            except (exc.OperationalError, exc.InterfaceError) as e:
-                raise StoreUnavailable("the database is unavailable or busy; retry later") from e
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
-        finally:
-            conn.close()
+    def _tx(self, write: bool = False) -> AbstractContextManager[Connection]:
+        return transaction(self._engine, write=write, what="the database")
 
     # ------------------------------------------------------------------------------------------------- clients
 

@@ -12,22 +12,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Row
 
 # The store's engine factory and transaction start: same SQLite pragmas (WAL, BEGIN IMMEDIATE for writers) and
 # PostgreSQL settings as the resource store, so both can share one database file.
-from app.adapters.sql_store import _dialect_start, _make_engine
-from app.fhir.errors import BadRequest, StoreUnavailable
+from app.adapters.sql_store import _make_engine, transaction
+from app.fhir.errors import BadRequest
 from app.services.ports import MessageHeaderFacts, MessagePage, MessageQuery, MessageRecord
 
 __all__ = ["SqlMessageStore", "hl7v2_message", "dedupe_key"]
@@ -175,28 +174,8 @@ class SqlMessageStore:
     def __init__(self, url: str, *, pool_size: int = 5) -> None:
         self._engine = _make_engine(url, pool_size=pool_size)
 
-    @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Connection]:
-        try:
-            conn = self._engine.connect()
-        except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as e:
-            raise StoreUnavailable("the message store is unavailable; retry later") from e
-        try:
-            try:
-                _dialect_start(conn, write)
-                yield conn
-            except (exc.OperationalError, exc.InterfaceError) as e:
-                conn.rollback()
-                raise StoreUnavailable("the message store is unavailable or busy; retry later") from e
-            except BaseException:
-                conn.rollback()
-                raise
-            try:
-                conn.commit()
-            except (exc.OperationalError, exc.InterfaceError) as e:
-                raise StoreUnavailable("the message store could not commit; retry later") from e
-        finally:
-            conn.close()
+    def _tx(self, write: bool = False) -> AbstractContextManager[Connection]:
+        return transaction(self._engine, write=write, what="the message store")
 
     # -- writes ----------------------------------------------------------------------------------------------
     def add(

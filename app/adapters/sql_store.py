@@ -339,6 +339,35 @@ def _dialect_start(conn: Connection, write: bool) -> None:
         conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
 
+@contextmanager
+def transaction(engine: Engine, *, write: bool = False, what: str = "the database") -> Iterator[Connection]:
+    """One transaction on a pooled connection, shared by every SQL adapter (resources, messages, auth, outbox):
+    committed when the block exits, rolled back on any exception. Connection loss and a busy database become
+    StoreUnavailable naming ``what``; other errors (IntegrityError included) pass through for the caller."""
+    try:
+        conn = engine.connect()
+    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as e:
+        raise StoreUnavailable(f"{what} is unavailable; retry later") from e
+    try:
+        try:
+            _dialect_start(conn, write)
+            yield conn
+        except BaseException as e:
+            try:
+                conn.rollback()
+            except exc.SQLAlchemyError:
+                pass  # the connection is gone; the original error is the one worth reporting
+            if isinstance(e, exc.OperationalError | exc.InterfaceError):
+                raise StoreUnavailable(f"{what} is unavailable or busy; retry later") from e
+            raise
+        try:
+            conn.commit()
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            raise StoreUnavailable(f"{what} could not commit; retry later") from e
+    finally:
+        conn.close()
+
+
 def _lock_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
 
@@ -467,16 +496,18 @@ def _translate_errors(fn: Callable[_P, _T]) -> Callable[_P, _T]:
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return fn(*args, **kwargs)
-        except FhirError:
-            raise
-        except exc.IntegrityError as e:
-            raise Conflict("the write conflicts with a concurrent change; retry") from e
-        except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as e:
-            raise StoreUnavailable("the database is unavailable or busy; retry later") from e
         except exc.SQLAlchemyError as e:
-            raise FhirError("database error") from e
+            raise _as_fhir_error(e) from e
 
     return wrapper
+
+
+def _as_fhir_error(e: exc.SQLAlchemyError) -> FhirError:
+    if isinstance(e, exc.IntegrityError):
+        return Conflict("the write conflicts with a concurrent change; retry")
+    if isinstance(e, exc.OperationalError | exc.InterfaceError | exc.TimeoutError):
+        return StoreUnavailable("the database is unavailable or busy; retry later")
+    return FhirError("database error")
 
 
 # ---------------------------------------------------------------- cursors
@@ -1466,27 +1497,12 @@ class SqlStore:
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[SqlSession]:
         try:
-            conn = self._engine.connect()
-        except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as e:
-            raise StoreUnavailable("the database is unavailable; retry later") from e
-        try:
-            try:
-                _dialect_start(conn, write)
-            except (exc.OperationalError, exc.InterfaceError) as e:
-                raise StoreUnavailable("the database is unavailable or busy; retry later") from e
-            try:
+            with transaction(self._engine, write=write) as conn:
                 session = SqlSession(conn, self._indexer, write=write)
                 yield session
-                session.flush()
-            except BaseException:
-                try:
-                    conn.rollback()
-                except exc.SQLAlchemyError:
-                    pass  # the connection is gone; the original error is the one worth reporting
-                raise
-            _translate_errors(conn.commit)()
-        finally:
-            conn.close()
+                _translate_errors(session.flush)()
+        except exc.SQLAlchemyError as e:  # raised by the commit itself: same translation as every other statement
+            raise _as_fhir_error(e) from e
         if write and self.dialect == "sqlite" and next(self._writes) % SQLITE_ANALYZE_EVERY == 0:
             self.analyze()
 
