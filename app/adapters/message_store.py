@@ -175,7 +175,7 @@ class SqlMessageStore:
         self._engine = _make_engine(url, pool_size=pool_size)
 
     def _tx(self, write: bool = False) -> AbstractContextManager[Connection]:
-        return transaction(self._engine, write=write, what="the message store")
+        return transaction(self._engine, write=write, what="the message store", body_errors_unavailable=True)
 
     # -- writes ----------------------------------------------------------------------------------------------
     def add(

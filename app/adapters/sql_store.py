@@ -340,10 +340,13 @@ def _dialect_start(conn: Connection, write: bool) -> None:
 
 
 @contextmanager
-def transaction(engine: Engine, *, write: bool = False, what: str = "the database") -> Iterator[Connection]:
+def transaction(
+    engine: Engine, *, write: bool = False, what: str = "the database", body_errors_unavailable: bool = False
+) -> Iterator[Connection]:
     """One transaction on a pooled connection, shared by every SQL adapter (resources, messages, auth, outbox):
-    committed when the block exits, rolled back on any exception. Connection loss and a busy database become
-    StoreUnavailable naming ``what``; other errors (IntegrityError included) pass through for the caller."""
+    committed when the block exits, rolled back on any exception. Failing to connect, begin or commit becomes
+    StoreUnavailable naming ``what``. Errors raised inside the block pass through (callers tell "no such table"
+    from "busy") unless ``body_errors_unavailable``, for callers that treat every operational error as transient."""
     try:
         conn = engine.connect()
     except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as e:
@@ -351,13 +354,16 @@ def transaction(engine: Engine, *, write: bool = False, what: str = "the databas
     try:
         try:
             _dialect_start(conn, write)
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            raise StoreUnavailable(f"{what} is unavailable or busy; retry later") from e
+        try:
             yield conn
         except BaseException as e:
             try:
                 conn.rollback()
             except exc.SQLAlchemyError:
                 pass  # the connection is gone; the original error is the one worth reporting
-            if isinstance(e, exc.OperationalError | exc.InterfaceError):
+            if body_errors_unavailable and isinstance(e, exc.OperationalError | exc.InterfaceError):
                 raise StoreUnavailable(f"{what} is unavailable or busy; retry later") from e
             raise
         try:
@@ -1496,13 +1502,12 @@ class SqlStore:
 
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[SqlSession]:
-        try:
-            with transaction(self._engine, write=write) as conn:
-                session = SqlSession(conn, self._indexer, write=write)
-                yield session
-                _translate_errors(session.flush)()
-        except exc.SQLAlchemyError as e:  # raised by the commit itself: same translation as every other statement
-            raise _as_fhir_error(e) from e
+        # session methods translate their own errors; raw SQL run on ``session.connection`` (the outbox) passes
+        # through, so "no such table" stays distinguishable from "busy"
+        with transaction(self._engine, write=write) as conn:
+            session = SqlSession(conn, self._indexer, write=write)
+            yield session
+            _translate_errors(session.flush)()
         if write and self.dialect == "sqlite" and next(self._writes) % SQLITE_ANALYZE_EVERY == 0:
             self.analyze()
 
